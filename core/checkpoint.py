@@ -1,0 +1,86 @@
+"""Checkpoints: written atomically, loaded with weights_only=True, a damaged newest one falls back
+to the previous one with a warning naming the file."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import warnings
+
+import torch
+
+from core.errors import CheckpointError
+
+NAME = "ckpt-{step:09d}.pt"
+PATTERN = re.compile(r"ckpt-(\d{9})\.pt$")
+
+
+def atomic_write(path: str, write) -> None:
+    """Call write(tmp_path), then rename over `path`: a reader never sees a partial file, and a
+    failure (full disk, kill) leaves the previous file untouched."""
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, f".tmp-{os.path.basename(path)}-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+
+
+def save(ckpt_dir: str, step: int, state: dict, keep: int = 2) -> str:
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, NAME.format(step=step))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+    for old in list_checkpoints(ckpt_dir)[:-keep]:  # oldest first; keep the newest `keep`
+        os.remove(old)
+    return path
+
+
+def list_checkpoints(ckpt_dir: str) -> list[str]:
+    paths = [p for p in glob.glob(os.path.join(ckpt_dir, "ckpt-*.pt")) if PATTERN.search(p)]
+    return sorted(paths)
+
+
+def load_file(path: str, map_location="cpu") -> dict:
+    """Load one checkpoint safely: weights_only=True refuses pickles that would run code."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a loadable checkpoint ({first[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a checkpoint (expected a dict, got {type(obj).__name__})")
+    return obj
+
+
+def latest(ckpt_dir: str) -> tuple[dict, str] | None:
+    """The newest loadable checkpoint, skipping (and warning about) damaged ones."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return load_file(path), path
+        except CheckpointError as e:
+            warnings.warn(f"skipping damaged checkpoint {path}: {e}", stacklevel=2)
+    return None
+
+
+def model_state(obj: dict, path: str = "checkpoint") -> dict:
+    """The model weights of our checkpoints and of the officially released ones ({'model': ...})."""
+    state = obj.get("model", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no model weights")
+    return state

@@ -1,0 +1,418 @@
+"""The one config surface: typed dataclasses, named presets, `key=value` overrides and run ids.
+
+The dataclass defaults ARE the paper recipe (ViT-L/16, ImageNet, MAE Table 8); every preset is a
+short dict of overrides on top of them, so a preset reads as exactly what it changes.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from core.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "vit_large_patch16"  # encoder size, a key of core.model.ARCHS
+    img_size: int = 224
+    decoder_depth: int = 8
+    decoder_embed_dim: int = 512
+    decoder_num_heads: int = 16
+    mask_ratio: float = 0.75
+    mask_strategy: str = "random"  # random | block | grid
+    mask_token_in_encoder: bool = False  # Table 1c: True feeds mask tokens to the encoder
+    target: str = "pixel"  # a key of core.targets.TARGETS; Table 1 baseline: unnormalised pixels
+    loss_on_all_patches: bool = False  # paper: loss on masked patches only
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "imagefolder"  # digits | imagefolder | synthetic
+    path: str = ""  # ImageFolder root holding train/ and val/ (or a .beton for backend=ffcv)
+    backend: str = "torchvision"  # torchvision | ffcv
+    augmentation: str = "crop_rand"  # none | crop_fixed | crop_rand | crop_color_jitter
+    num_workers: int = 10
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    on_corrupt: str = "skip"  # skip (and count) | error (stop naming the file)
+    ffcv_os_cache: bool = False
+    synthetic_size: int = 512  # images per split of the synthetic test dataset
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 800
+    warmup_epochs: int = 40
+    batch_size: int = 4096  # effective batch over all devices and accumulation steps
+    accum_iter: int = 1
+    blr: float = 1.5e-4  # lr = blr * batch_size / 256 unless lr is set
+    lr: Optional[float] = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.05  # not applied to biases, norms and other 1-D parameters
+    betas: tuple = (0.9, 0.95)
+    clip_grad: Optional[float] = None
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    checkpoint_every: int = 20  # epochs; also at the end of the run
+    keep_checkpoints: int = 2  # the previous one is the fallback if the newest is damaged
+    log_every: int = 50  # steps between host syncs (loss read, finiteness check)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LinprobeConfig:  # paper Table 10
+    epochs: int = 90
+    warmup_epochs: int = 10
+    batch_size: int = 16384
+    blr: float = 0.1
+    weight_decay: float = 0.0
+    pool: str = "cls"  # cls | avg
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:  # paper Table 9 (ViT-L/H: 50 epochs)
+    epochs: int = 50
+    warmup_epochs: int = 5
+    batch_size: int = 1024
+    blr: float = 1e-3
+    layer_decay: float = 0.75
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.999)
+    drop_path: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    reprob: float = 0.25
+    randaug: str = "rand-m9-mstd0.5-inc1"
+    pool: str = "avg"  # avg | cls
+    blocks: Optional[int] = None  # partial fine-tuning: train only the last k blocks
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    k: int = 20
+    temperature: float = 0.07
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ScratchConfig:  # paper Appendix A.2, supervised ViT-L from scratch
+    epochs: int = 200
+    warmup_epochs: int = 20
+    batch_size: int = 4096
+    blr: float = 1e-4
+    weight_decay: float = 0.3
+    betas: tuple = (0.9, 0.95)
+    ema: float = 0.9999
+    drop_path: float = 0.2
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "paper"
+    results_dir: str = "results"  # run records go to <results_dir>/runs/
+    work_dir: str = "work"  # checkpoints go to <work_dir>/<run_id>/
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def run_id(self) -> str:
+        """Id of the pretraining run: a hash of every setting that can change its weights."""
+        return "pt-" + config_hash(self.pretrain_identity())
+
+    def pretrain_identity(self) -> dict:
+        d = self.to_dict()
+        ident = {"model": d["model"], "data": d["data"], "pretrain": d["pretrain"]}
+        for key in NOT_IDENTITY:
+            section, name = key.split(".")
+            ident[section].pop(name, None)
+        return ident
+
+    @property
+    def lr(self) -> float:
+        p = self.pretrain
+        return p.lr if p.lr is not None else p.blr * p.batch_size / 256
+
+
+# Settings that do not change what a run computes: where files go, how often we log, how the
+# data is fetched. Runs that differ only in these are the same run.
+NOT_IDENTITY = (
+    "data.path", "data.num_workers", "data.backend", "data.ffcv_os_cache", "data.on_corrupt",
+    "pretrain.compile", "pretrain.checkpoint_every", "pretrain.keep_checkpoints", "pretrain.log_every",
+)
+
+
+def config_hash(obj) -> str:
+    blob = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _plain(obj):
+    """JSON-able copy: tuples become lists, so a checkpoint holds plain data only."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- presets
+
+TINY_MEAN, TINY_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+PRESETS: dict[str, dict] = {
+    # The dataclass defaults: ViT-L/16 on ImageNet, 800 epochs, batch 4096, run on a cluster.
+    "paper": {"run.preset": "paper", "data.num_workers": 10},
+    # CPU in minutes on scikit-learn's digits; every deviation from the paper is listed here.
+    "tiny": {
+        "run.preset": "tiny",
+        "run.device": "cpu",
+        "model.arch": "vit_tiny_patch4",
+        "model.img_size": 32,
+        "model.decoder_depth": 2,
+        "model.decoder_embed_dim": 64,
+        "model.decoder_num_heads": 4,
+        "data.dataset": "digits",
+        "data.num_workers": 0,
+        "data.mean": TINY_MEAN,
+        "data.std": TINY_STD,
+        "pretrain.epochs": 20,
+        "pretrain.warmup_epochs": 3,
+        "pretrain.batch_size": 128,
+        "pretrain.blr": 1.5e-3,
+        "pretrain.checkpoint_every": 5,
+        "pretrain.log_every": 10,
+        "eval.linprobe.epochs": 30,
+        "eval.linprobe.warmup_epochs": 3,
+        "eval.linprobe.batch_size": 256,
+        "eval.linprobe.blr": 0.1,
+        "eval.finetune.epochs": 15,
+        "eval.finetune.warmup_epochs": 2,
+        "eval.finetune.batch_size": 128,
+        "eval.finetune.randaug": "rand-m5-mstd0.5-inc1",
+        "eval.knn.k": 20,
+        "eval.scratch.epochs": 15,
+        "eval.scratch.warmup_epochs": 2,
+        "eval.scratch.batch_size": 128,
+        "eval.scratch.blr": 1e-3,
+        "eval.scratch.weight_decay": 0.05,
+        "eval.scratch.ema": 0.99,
+        "eval.scratch.drop_path": 0.1,
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def build_config(preset: str = "tiny", overrides: typing.Iterable[str] = ()) -> Config:
+    """Preset + `key=value` strings -> a validated, frozen Config."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(preset_names())}")
+    values = dict(PRESETS[preset])
+    for item in overrides:
+        key, value = parse_override(item)
+        values[key] = value
+    cfg = apply_overrides(Config(), values)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, typing.Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key, _literal(raw.strip())
+
+
+def _literal(raw: str):
+    """Parse a value as a Python literal (never evaluated as code); anything else is a string."""
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+
+
+def all_keys(cls=Config, prefix="") -> dict[str, typing.Any]:
+    """Every settable dotted key with its type annotation."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(all_keys(tp, prefix + f.name + "."))
+        else:
+            out[prefix + f.name] = tp
+    return out
+
+
+def apply_overrides(cfg: Config, values: dict) -> Config:
+    keys = all_keys()
+    for key, value in values.items():
+        if key not in keys:
+            near = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        cfg = _set(cfg, key.split("."), _coerce(key, value, keys[key]))
+    return cfg
+
+
+def _set(obj, path, value):
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _set(getattr(obj, path[0]), path[1:], value)})
+
+
+def _coerce(key, value, tp):
+    """Type-check one value against its annotation; ints are accepted where floats are."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        tuple: isinstance(value, (tuple, list)) and all(isinstance(v, (int, float, str)) for v in value),
+    }.get(tp)
+    if not ok:
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"{key} must be {name}, got {value!r}")
+    if tp is float:
+        return float(value)
+    if tp is tuple:
+        return tuple(value)
+    return value
+
+
+CHOICES = {
+    "model.mask_strategy": ("random", "block", "grid"),
+    "data.dataset": ("digits", "imagefolder", "synthetic"),
+    "data.backend": ("torchvision", "ffcv"),
+    "data.augmentation": ("none", "crop_fixed", "crop_rand", "crop_color_jitter"),
+    "data.on_corrupt": ("skip", "error"),
+    "pretrain.precision": ("auto", "fp32", "bf16", "fp16"),
+    "eval.linprobe.pool": ("cls", "avg"),
+    "eval.finetune.pool": ("cls", "avg"),
+    "run.device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks that types alone cannot express. Raises ConfigError naming the key."""
+    from core.model import ARCHS  # local: config must stay importable without torch work
+    from core.targets import TARGETS
+
+    flat = _flat(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}={flat[key]!r} is not one of: {', '.join(allowed)}")
+    m, p = cfg.model, cfg.pretrain
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch={m.arch!r} is not one of: {', '.join(sorted(ARCHS))}")
+    if m.target not in TARGETS:
+        raise ConfigError(f"model.target={m.target!r} is not one of: {', '.join(sorted(TARGETS))}")
+    if not 0.0 < m.mask_ratio < 1.0:
+        raise ConfigError(f"model.mask_ratio must be in (0, 1), got {m.mask_ratio}")
+    patch = ARCHS[m.arch]["patch_size"]
+    if m.img_size <= 0 or m.img_size % patch:
+        raise ConfigError(f"model.img_size={m.img_size} is not a positive multiple of the patch size {patch}")
+    if m.decoder_depth < 0:
+        raise ConfigError(f"model.decoder_depth must be >= 0, got {m.decoder_depth}")
+    if m.decoder_embed_dim <= 0 or m.decoder_num_heads <= 0 or m.decoder_embed_dim % m.decoder_num_heads:
+        raise ConfigError(f"model.decoder_embed_dim={m.decoder_embed_dim} must be a positive multiple of "
+                          f"model.decoder_num_heads={m.decoder_num_heads}")
+    if m.decoder_embed_dim % 4:
+        raise ConfigError(f"model.decoder_embed_dim={m.decoder_embed_dim} must be divisible by 4 (2D sin-cos embedding)")
+    for key in ("pretrain.epochs", "pretrain.batch_size", "pretrain.accum_iter", "pretrain.checkpoint_every",
+                "pretrain.log_every", "pretrain.keep_checkpoints", "eval.linprobe.epochs",
+                "eval.linprobe.batch_size", "eval.finetune.epochs", "eval.finetune.batch_size",
+                "eval.knn.k", "eval.knn.batch_size", "eval.scratch.epochs", "eval.scratch.batch_size",
+                "data.synthetic_size"):
+        if flat[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {flat[key]}")
+    for key in ("pretrain.warmup_epochs", "eval.linprobe.warmup_epochs", "eval.finetune.warmup_epochs",
+                "eval.scratch.warmup_epochs", "data.num_workers", "pretrain.seed", "eval.seed"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {flat[key]}")
+    for key in ("pretrain.blr", "eval.linprobe.blr", "eval.finetune.blr", "eval.scratch.blr",
+                "eval.knn.temperature"):
+        if not flat[key] > 0:
+            raise ConfigError(f"{key} must be > 0, got {flat[key]}")
+    if p.lr is not None and not p.lr > 0:
+        raise ConfigError(f"pretrain.lr must be > 0, got {p.lr}")
+    if p.warmup_epochs > p.epochs:
+        raise ConfigError(f"pretrain.warmup_epochs={p.warmup_epochs} exceeds pretrain.epochs={p.epochs}")
+    if p.batch_size % p.accum_iter:
+        raise ConfigError(f"pretrain.batch_size={p.batch_size} is not divisible by pretrain.accum_iter={p.accum_iter}")
+    if len(p.betas) != 2 or not all(0 <= b < 1 for b in p.betas):
+        raise ConfigError(f"pretrain.betas must be two numbers in [0, 1), got {p.betas}")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3 or min(cfg.data.std) <= 0:
+        raise ConfigError("data.mean and data.std must be three numbers each, std > 0")
+    if not 0.0 <= cfg.eval.finetune.layer_decay <= 1.0:
+        raise ConfigError(f"eval.finetune.layer_decay must be in [0, 1], got {cfg.eval.finetune.layer_decay}")
+    blocks = cfg.eval.finetune.blocks
+    depth = ARCHS[m.arch]["depth"]
+    if blocks is not None and not 0 <= blocks <= depth:
+        raise ConfigError(f"eval.finetune.blocks must be in [0, {depth}] for {m.arch}, got {blocks}")
+    if m.mask_strategy == "grid":
+        from core.masking import grid_mask
+        grid_mask(1, m.img_size // patch, m.mask_ratio, None)  # raises ConfigError if no grid fits
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def flat_dict(cfg: Config) -> dict:
+    return _flat(cfg.to_dict())
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a Config from a record's or checkpoint's plain dict (unknown keys are errors)."""
+    return apply_overrides(Config(), _flat(d))

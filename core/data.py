@@ -1,0 +1,255 @@
+"""Datasets, augmentation sets and the seeded loader.
+
+Every sample's augmentation is drawn from a seed derived from (run seed, epoch, index), and the
+data order from (run seed, epoch). A run resumed at any step therefore sees exactly the batches an
+uninterrupted run would, with any number of loader workers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from core.errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+BICUBIC = InterpolationMode.BICUBIC
+
+# Colour jitter strengths of `crop_color_jitter` (the paper does not state them; these are the
+# common ImageNet SSL values of brightness/contrast/saturation 0.4, no hue change).
+COLOR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4)
+
+
+# --------------------------------------------------------------------------- augmentation sets
+
+def _to_tensor(mean, std):
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+
+
+def pretrain_transform(name: str, size: int, mean, std) -> T.Compose:
+    """Paper Table 1e augmentation sets, by name."""
+    if name == "none":  # resize + center crop, no flip
+        ops = [T.Resize(size, interpolation=BICUBIC, antialias=True), T.CenterCrop(size)]
+    elif name == "crop_fixed":  # a random crop of fixed size (size/0.875 resize first) + flip
+        ops = [T.Resize(round(size / 0.875), interpolation=BICUBIC, antialias=True), T.RandomCrop(size),
+               T.RandomHorizontalFlip()]
+    elif name in ("crop_rand", "crop_color_jitter"):  # RandomResizedCrop scale (0.2, 1) + flip
+        ops = [T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=BICUBIC, antialias=True),
+               T.RandomHorizontalFlip()]
+        if name == "crop_color_jitter":
+            ops.append(T.ColorJitter(**COLOR_JITTER))
+    else:
+        raise DataError(f"unknown augmentation set {name!r}")
+    return T.Compose(ops + _to_tensor(mean, std))
+
+
+def eval_transform(size: int, mean, std) -> T.Compose:
+    """Validation: resize to size/0.875 and center crop (224 <- 256 at the paper's size)."""
+    return T.Compose([T.Resize(round(size / 0.875), interpolation=BICUBIC, antialias=True),
+                      T.CenterCrop(size)] + _to_tensor(mean, std))
+
+
+def linprobe_train_transform(size: int, mean, std) -> T.Compose:
+    """Linear-probe training: RandomResizedCrop (default scale) + flip (paper Table 10)."""
+    return T.Compose([T.RandomResizedCrop(size, interpolation=BICUBIC, antialias=True),
+                      T.RandomHorizontalFlip()] + _to_tensor(mean, std))
+
+
+# --------------------------------------------------------------------------- datasets
+
+class TensorImages(Dataset):
+    """Images held in memory as uint8 (N, 3, H, W) with integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        self.images, self.labels, self.classes = images, labels, classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def digits(split: str, size: int) -> TensorImages:
+    """scikit-learn's handwritten digits (1797 8x8 images, shipped inside the package), upsampled
+    once to `size`, grey replicated to 3 channels; a fixed 80/20 train/val split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(d.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n_val = len(y) // 5
+    idx = order[n_val:] if split == "train" else order[:n_val]
+    return TensorImages(x[idx], y[idx], [str(i) for i in range(10)])
+
+
+def synthetic(split: str, size: int, n: int) -> TensorImages:
+    """Ten classes of oriented gratings with noise: learnable structure for tests, no files."""
+    g = torch.Generator().manual_seed(1 if split == "train" else 2)
+    labels = torch.arange(n) % 10
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    angle = labels.float() * torch.pi / 10
+    phase = torch.rand(n, generator=g) * 2 * torch.pi
+    wave = torch.sin((xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]) * 0.8
+                     + phase[:, None, None])
+    img = 0.5 + 0.35 * wave.unsqueeze(1) + 0.1 * torch.randn(n, 3, size, size, generator=g)
+    return TensorImages((img.clamp(0, 1) * 255).to(torch.uint8), labels, [str(i) for i in range(10)])
+
+
+class ImageFolderImages(Dataset):
+    """An ImageNet-style folder (one sub-folder per class). Unreadable images are skipped and
+    counted (on_corrupt=skip) or stop the run naming the file (on_corrupt=error)."""
+
+    def __init__(self, root: str, on_corrupt: str = "skip"):
+        if not os.path.exists(root):
+            raise DataError(f"dataset path {root} does not exist")
+        if not os.path.isdir(root):
+            raise DataError(f"dataset path {root} is not a directory")
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        self.samples = []
+        for label, cls in enumerate(self.classes):
+            for dirpath, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
+                self.samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
+                                 if f.lower().endswith(IMG_EXTENSIONS)]
+        if not self.samples:
+            raise DataError(f"dataset path {root} holds no images in class sub-folders")
+        self.on_corrupt = on_corrupt
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, i):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB"), label
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for damaged files
+            if self.on_corrupt == "error":
+                raise DataError(f"cannot read image {path}: {e}") from None
+            return None
+
+
+def build_dataset(data_cfg, split: str, size: int):
+    """The raw (untransformed) dataset for split 'train' or 'val'."""
+    if data_cfg.dataset == "digits":
+        return digits(split, size)
+    if data_cfg.dataset == "synthetic":
+        return synthetic(split, size, data_cfg.synthetic_size)
+    if not data_cfg.path:
+        raise DataError("data.path is required for data.dataset=imagefolder (a folder with train/ and val/)")
+    return ImageFolderImages(os.path.join(data_cfg.path, split), data_cfg.on_corrupt)
+
+
+def check_dataset_path(data_cfg) -> None:
+    """Fail before anything is written if the dataset cannot be found."""
+    if data_cfg.dataset != "imagefolder" or data_cfg.backend == "ffcv":
+        return
+    if not data_cfg.path:
+        raise DataError("data.path is required for data.dataset=imagefolder (a folder with train/ and val/)")
+    if not os.path.exists(data_cfg.path):
+        raise DataError(f"dataset path {data_cfg.path} does not exist")
+    if not os.path.isdir(data_cfg.path):
+        raise DataError(f"dataset path {data_cfg.path} is not a directory")
+    ImageFolderImages(os.path.join(data_cfg.path, "train"), data_cfg.on_corrupt)
+
+
+# --------------------------------------------------------------------------- seeded loading
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63)
+
+
+class Transformed(Dataset):
+    """Applies a transform with a per-sample seed; item keys are (index, seed) pairs."""
+
+    def __init__(self, base, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, seed = key
+        item = self.base.load(index)
+        if item is None:
+            return None
+        img, label = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), label
+
+
+class SeededSampler(Sampler):
+    """Yields (index, sample seed): a permutation drawn from (seed, epoch), split across ranks,
+    optionally starting part-way into the epoch (resume)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        mine = order[self.rank::self.world].tolist()
+        for i in mine[self.start:]:
+            yield i, sample_seed(self.seed, self.epoch, i)
+
+
+def collate_skipping(batch):
+    """Stack a batch, dropping unreadable samples; the third element counts them."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+    imgs = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good])
+    return imgs, labels, len(batch) - len(good)
+
+
+@dataclass
+class EpochLoader:
+    """Batches for one epoch at a time: `for imgs, labels, skipped in loader.epoch(e, start_step)`."""
+
+    dataset: Dataset
+    batch_size: int  # per process
+    seed: int
+    shuffle: bool = True
+    drop_last: bool = True
+    num_workers: int = 0
+    rank: int = 0
+    world: int = 1
+    pin_memory: bool = False
+
+    def __post_init__(self):
+        self.sampler = SeededSampler(len(self.dataset), self.seed, self.shuffle, self.rank, self.world)
+        if self.drop_last and len(self.sampler) < self.batch_size:
+            raise DataError(f"the dataset has {len(self.sampler)} images per process, fewer than one batch "
+                            f"of {self.batch_size}")
+        self.loader = DataLoader(self.dataset, self.batch_size, sampler=self.sampler, drop_last=self.drop_last,
+                                 num_workers=self.num_workers, collate_fn=collate_skipping,
+                                 pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        self.sampler.set_epoch(epoch, start_step * self.batch_size)
+        return iter(self.loader)

@@ -1,0 +1,124 @@
+"""Run records: one JSON file per run under <results_dir>/runs/, written atomically.
+
+Records are the single source of truth for tables and plots. A record holds the run id, kind
+(pretrain or an evaluation protocol), status (running | done | failed, with a reason), the resolved
+config, per-epoch history, final metrics and the environment it ran in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+
+from core.checkpoint import atomic_write
+from core.errors import UserError
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]{0,199}$")
+
+
+def check_id(run_id: str, what: str = "run id") -> str:
+    """Ids become file names: refuse anything that could leave the results folder."""
+    if not isinstance(run_id, str) or not SAFE_ID.match(run_id) or ".." in run_id:
+        raise UserError(f"invalid {what} {run_id!r}: use letters, digits, '-', '_', '.', no '..' or '/'")
+    return run_id
+
+
+def runs_dir(results_dir: str) -> str:
+    return os.path.join(results_dir, "runs")
+
+
+def record_path(results_dir: str, run_id: str) -> str:
+    return os.path.join(runs_dir(results_dir), check_id(run_id) + ".json")
+
+
+def write_record(results_dir: str, record: dict) -> str:
+    path = record_path(results_dir, record["run_id"])
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        blob = json.dumps(record, indent=1, sort_keys=True, default=_json_default)
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(blob)
+
+        atomic_write(path, write)
+    except OSError as e:
+        raise UserError(f"cannot write run record {path}: {e.strerror or e}") from None
+    return path
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_record(results_dir: str, run_id: str) -> dict | None:
+    path = record_path(results_dir, run_id)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"run record {path} is unreadable: {e}") from None
+
+
+def iter_records(results_dir: str):
+    d = runs_dir(results_dir)
+    if not os.path.isdir(d):
+        return
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".json") and not name.startswith("."):
+            try:
+                with open(os.path.join(d, name)) as f:
+                    yield json.load(f)
+            except (OSError, json.JSONDecodeError):
+                continue  # a foreign or damaged file never hides the others
+
+
+def load_records(results_dir: str):
+    """All records as a pandas DataFrame: one row per run, metrics as `metric.<name>` columns and the
+    resolved config as dotted columns (`model.mask_ratio`, ...)."""
+    import pandas as pd
+
+    from core.config import _flat
+
+    rows = []
+    for rec in iter_records(results_dir):
+        row = {k: v for k, v in rec.items() if not isinstance(v, (dict, list))}
+        row.update({f"metric.{k}": v for k, v in (rec.get("metrics") or {}).items()})
+        row.update(_flat(rec.get("config") or {}))
+        row["record"] = rec
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device) -> dict:
+    import torch
+
+    env = {"torch_version": torch.__version__, "device": str(device), "host": platform.node(),
+           "python": platform.python_version(), "git_commit": git_commit()}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name()
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    return env
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

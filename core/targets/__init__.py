@@ -1,0 +1,95 @@
+"""Reconstruction targets (paper Table 1d): small classes with one interface.
+
+A target turns a batch of normalised images into per-patch targets, says how wide the decoder's
+prediction head must be, and scores predictions on the masked patches. Add one by subclassing
+`Target` and registering it in TARGETS.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from core.model import ARCHS, patchify
+
+
+class Target:
+    name = ""
+
+    def __init__(self, model_cfg, data_cfg):
+        self.model_cfg, self.data_cfg = model_cfg, data_cfg
+        self.patch_size = ARCHS[model_cfg.arch]["patch_size"]
+
+    @property
+    def dim(self) -> int:
+        """Width of the decoder's prediction per patch."""
+        raise NotImplementedError
+
+    def prepare(self, dataset, cache_dir: str, device: torch.device) -> None:
+        """Fit or load whatever the target needs (a PCA basis, a tokenizer). Default: nothing."""
+
+    def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Per-patch targets, (B, L, dim) (or (B, L) class indices), computed without gradients."""
+        raise NotImplementedError
+
+    def patch_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss per patch, (B, L). Default: mean squared error over the patch's values."""
+        return ((pred.float() - target.float()) ** 2).mean(dim=-1)
+
+    def loss(self, pred, target, mask, all_patches: bool = False) -> torch.Tensor:
+        per_patch = self.patch_loss(pred, target)
+        if all_patches:
+            return per_patch.mean()
+        m = mask.to(per_patch.dtype)
+        return (per_patch * m).sum() / m.sum()
+
+    def to_pixels(self, pred: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor | None:
+        """Predicted patches as normalised pixels (B, L, p*p*3) for pictures, or None if the
+        target is not pixels."""
+        return None
+
+
+class PixelTarget(Target):
+    """Normalised image pixels of each patch (the Table 1 baseline)."""
+    name = "pixel"
+
+    @property
+    def dim(self):
+        return self.patch_size ** 2 * 3
+
+    @torch.no_grad()
+    def __call__(self, imgs):
+        return patchify(imgs, self.patch_size)
+
+    def to_pixels(self, pred, imgs):
+        return pred.float()
+
+
+class NormPixelTarget(PixelTarget):
+    """Pixels normalised by each patch's own mean and variance (eps 1e-6), as in the paper's code
+    (torch's default unbiased variance)."""
+    name = "norm_pixel"
+
+    @torch.no_grad()
+    def __call__(self, imgs):
+        x = patchify(imgs, self.patch_size).float()
+        mean, var = x.mean(dim=-1, keepdim=True), x.var(dim=-1, keepdim=True)
+        return (x - mean) / (var + 1e-6) ** 0.5
+
+    def to_pixels(self, pred, imgs):
+        # Un-normalise with the true patch statistics of the input image: an oracle for mean and
+        # variance, which the model never predicts (the paper's Figure 3 pictures do the same).
+        x = patchify(imgs, self.patch_size).float()
+        mean, var = x.mean(dim=-1, keepdim=True), x.var(dim=-1, keepdim=True)
+        return pred.float() * (var + 1e-6) ** 0.5 + mean
+
+
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (PixelTarget, NormPixelTarget)}
+
+
+def build_target(model_cfg, data_cfg) -> Target:
+    return TARGETS[model_cfg.target](model_cfg, data_cfg)
+
+
+def cross_entropy_patch_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-patch cross-entropy for token targets: logits (B, L, V), tokens (B, L) -> (B, L)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)

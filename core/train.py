@@ -1,0 +1,297 @@
+"""MAE pretraining: the loop, its checkpoints and its run record.
+
+`pretrain(cfg)` is the one entry point; the CLI, the sweep runner and cluster jobs all call it.
+A finished run is returned from its record without training; an interrupted one resumes from its
+newest checkpoint and ends with the same weights as an uninterrupted run (CPU, same thread count).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+import os
+import signal
+import threading
+import time
+
+import torch
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from tqdm import tqdm
+
+from core import checkpoint, results
+from core.config import Config
+from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
+from core.device import autocast, grad_scaler, resolve_device, resolve_precision
+from core.distributed import DistInfo, barrier, init as init_distributed
+from core.errors import Preempted, TrainingFailed
+from core.masking import make_mask
+from core.model import ARCHS, MAE
+from core.targets import build_target
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limit warning
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; the loop checkpoints at the next optimizer step and stops."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def __bool__(self):
+        return self.signum is not None
+
+
+def ckpt_dir(cfg: Config, run_id: str | None = None) -> str:
+    return os.path.join(cfg.run.work_dir, results.check_id(run_id or cfg.run_id()))
+
+
+def mask_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 7_919 + micro_step) * 1_009 + rank)
+
+
+def build_optimizer(model, cfg: Config, device):
+    p = cfg.pretrain
+    groups = param_groups_weight_decay(model, p.weight_decay)  # no decay on biases and norms (1-D)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(p.betas), fused=device.type in ("cpu", "cuda"))
+
+
+def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
+    """Linear warm-up then half-cosine, updated every optimizer step (as the paper's code)."""
+    p = cfg.pretrain
+    total, warmup = p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch
+    return CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=p.min_lr, warmup_t=warmup,
+                             warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+
+
+def pretrain(cfg: Config, *, progress: bool = True) -> dict:
+    """Train (or resume, or skip) the run `cfg` describes; returns its final record."""
+    run_id = cfg.run_id()
+    done = results.read_record(cfg.run.results_dir, run_id)
+    if done and done.get("status") == "done":
+        return done
+    check_dataset_path(cfg.data)
+    device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
+    dist = init_distributed(device)
+    with StopFlag() as stop:
+        return _Run(cfg, run_id, device, dist, stop, progress).train()
+
+
+class _Run:
+    def __init__(self, cfg, run_id, device, dist: DistInfo, stop, progress):
+        self.cfg, self.run_id, self.device, self.dist, self.stop = cfg, run_id, device, dist, stop
+        p = cfg.pretrain
+        self.precision = resolve_precision(p.precision, device, ARCHS[cfg.model.arch]["embed_dim"])
+        self.ckpt_dir = ckpt_dir(cfg, run_id)
+        self.micro_batch = p.batch_size // p.accum_iter // dist.world
+        if self.micro_batch < 1:
+            from core.errors import ConfigError
+            raise ConfigError(f"pretrain.batch_size={p.batch_size} is smaller than accum_iter x world size")
+
+        train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
+        self.target = build_target(cfg.model, cfg.data)
+        self.target.prepare(train_set, os.path.join(cfg.run.work_dir, "cache"), device)
+        self.loader = self._loader(train_set)
+        self.steps_per_epoch = self.loader.steps_per_epoch // p.accum_iter  # optimizer steps
+        if self.steps_per_epoch < 1:
+            from core.errors import DataError
+            raise DataError(f"one epoch of {len(train_set)} images is less than one batch of {p.batch_size}")
+
+        torch.manual_seed(p.seed)
+        self.model = MAE(cfg.model, self.target.dim).to(device)
+        self.optimizer = build_optimizer(self.model, cfg, device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scaler = grad_scaler(self.precision, device)
+        self.step_fn = self.model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.step_fn = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if p.compile:
+            self.step_fn = torch.compile(self.step_fn)
+        self.progress = progress and dist.is_main
+        self.history: list[float] = []
+        self.global_step = 0  # optimizer steps done
+        self.epoch_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.epoch_count = 0
+
+    def _loader(self, train_set):
+        cfg = self.cfg
+        if cfg.data.backend == "ffcv":
+            from core.ffcv_data import ffcv_pretrain_loader
+            return ffcv_pretrain_loader(cfg, self.micro_batch, self.dist)
+        tf = pretrain_transform(cfg.data.augmentation, cfg.model.img_size, cfg.data.mean, cfg.data.std)
+        return EpochLoader(Transformed(train_set, tf), self.micro_batch, cfg.pretrain.seed, shuffle=True,
+                           drop_last=True, num_workers=cfg.data.num_workers, rank=self.dist.rank,
+                           world=self.dist.world, pin_memory=self.device.type == "cuda")
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict:
+        return {"format": "mae-suite/1", "run_id": self.run_id, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "global_step": self.global_step,
+                "history": list(self.history), "epoch_sum": self.epoch_sum.cpu(),
+                "epoch_count": self.epoch_count, "torch_rng": torch.get_rng_state()}
+
+    def resume(self) -> str | None:
+        found = checkpoint.latest(self.ckpt_dir)
+        if found is None:
+            return None
+        state, path = found
+        if state.get("run_id") != self.run_id:
+            from core.errors import CheckpointError
+            raise CheckpointError(f"{path} belongs to run {state.get('run_id')}, not {self.run_id}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_step, self.history = state["global_step"], list(state["history"])
+        self.epoch_sum = state["epoch_sum"].to(self.device)
+        self.epoch_count = state["epoch_count"]
+        torch.set_rng_state(state["torch_rng"])
+        return path
+
+    def save(self) -> str | None:
+        if not self.dist.is_main:
+            return None
+        return checkpoint.save(self.ckpt_dir, self.global_step, self.state(), self.cfg.pretrain.keep_checkpoints)
+
+    def write_record(self, status: str, **extra) -> dict:
+        rec = {"run_id": self.run_id, "kind": "pretrain", "status": status, "preset": self.cfg.run.preset,
+               "config": self.cfg.to_dict(), "history": {"loss": list(self.history)},
+               "checkpoint_dir": os.path.abspath(self.ckpt_dir), "precision": self.precision,
+               "world_size": self.dist.world, "updated_at": results.now(), "started_at": self.started,
+               "resumed_from": self.resumed_from, **self.env, **extra}
+        if self.dist.is_main:
+            results.write_record(self.cfg.run.results_dir, rec)
+        return rec
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> dict:
+        cfg, p = self.cfg, self.cfg.pretrain
+        self.resumed_from = self.resume()
+        from core.flops import mae_forward_flops
+        flops = mae_forward_flops(cfg.model, self.target.dim)
+        self.env, self.started = results.environment(self.device), results.now()
+        self.write_record("running")
+        total_steps = p.epochs * self.steps_per_epoch
+        bar = tqdm(total=total_steps, initial=self.global_step, disable=not self.progress, unit="step",
+                   desc=f"pretrain {self.run_id}", dynamic_ncols=True, mininterval=1.0)
+        self.t_start, self.images_seen, skipped = time.perf_counter(), 0, 0
+        self.model.train()
+        try:
+            while self.global_step < total_steps:
+                epoch, step_in_epoch = divmod(self.global_step, self.steps_per_epoch)
+                n, k = self._train_epoch(epoch, step_in_epoch, bar)
+                self.images_seen, skipped = self.images_seen + n, skipped + k
+                if self.stop:
+                    path = self.save()
+                    self.write_record("preempted", reason=f"signal {self.stop.signum}", last_checkpoint=path)
+                    raise Preempted(f"stopped by signal {self.stop.signum} at step {self.global_step}; "
+                                    f"checkpoint {path}")
+                self._end_epoch(epoch)
+        except TrainingFailed as e:
+            self.write_record("failed", reason=str(e))
+            raise
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - self.t_start
+        barrier()
+        metrics = {"final_loss": self.history[-1] if self.history else None,
+                   "first_loss": self.history[0] if self.history else None}
+        return self.write_record("done", finished_at=results.now(), metrics=metrics,
+                                 wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
+                                 flops_per_image=flops, images_skipped=skipped,
+                                 last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+
+    def _end_epoch(self, epoch: int):
+        mean = (self.epoch_sum / max(self.epoch_count, 1)).item()  # one host sync per epoch
+        self._check_finite(mean, epoch)
+        self.history.append(mean)
+        self.epoch_sum.zero_()
+        self.epoch_count = 0
+        last = self.global_step >= self.cfg.pretrain.epochs * self.steps_per_epoch
+        if last or (epoch + 1) % self.cfg.pretrain.checkpoint_every == 0:
+            self.save()
+
+    def _check_finite(self, value: float, epoch: int):
+        if not math.isfinite(value):
+            raise TrainingFailed(f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; "
+                                 f"the last good checkpoint is kept in {self.ckpt_dir}")
+
+    def _train_epoch(self, epoch: int, start_step: int, bar) -> tuple[int, int]:
+        """Optimizer steps from `start_step` to the end of the epoch (or to a stop signal)."""
+        cfg, p = self.cfg, self.cfg.pretrain
+        accum = p.accum_iter
+        images = skipped = 0
+        micro = 0
+        end = (epoch + 1) * self.steps_per_epoch  # leftover micro-batches never straddle epochs
+        for imgs, _, n_bad in self.loader.epoch(epoch, start_step * accum):
+            skipped += n_bad
+            if imgs.shape[0] == 0:
+                continue
+            imgs = imgs.to(self.device, non_blocking=True)
+            micro_step = self.global_step * accum + micro
+            mask = make_mask(cfg.model.mask_strategy, imgs.shape[0], self.model.grid, cfg.model.mask_ratio,
+                             mask_generator(p.seed, micro_step, self.dist.rank)).to(self.device, non_blocking=True)
+            final_micro = micro == accum - 1
+            sync_ctx = self.step_fn.no_sync() if (not final_micro and hasattr(self.step_fn, "no_sync")) else nullcontext()
+            with sync_ctx:
+                with autocast(self.precision, self.device):
+                    pred = self.step_fn(imgs, mask)
+                loss = self.target.loss(pred, self.target(imgs), mask, cfg.model.loss_on_all_patches)
+                self.scaler.scale(loss / accum).backward()
+            self.epoch_sum += loss.detach().to(torch.float64)
+            self.epoch_count += 1
+            images += imgs.shape[0]
+            micro += 1
+            if not final_micro:
+                continue
+            micro = 0
+            if p.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            self.scheduler.step_update(self.global_step)
+            bar.update(1)
+            if self.global_step % p.log_every == 0:  # the only host sync inside an epoch
+                value = loss.item()
+                self._check_finite(value, epoch)
+                rate = (self.images_seen + images * self.dist.world) / (time.perf_counter() - self.t_start)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{rate:.0f}")
+            if self.stop or self.global_step >= end:
+                break
+        return images * self.dist.world, skipped
+
+
+def load_pretrained_encoder(cfg: Config, run_id: str | None = None):
+    """(config, encoder state dict) of a finished pretraining run: for the evaluations."""
+    from core.errors import UserError
+
+    run_id = results.check_id(run_id or cfg.run_id())
+    rec = results.read_record(cfg.run.results_dir, run_id)
+    if rec is None:
+        raise UserError(f"no run record for {run_id} in {results.runs_dir(cfg.run.results_dir)}")
+    if rec.get("status") != "done":
+        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
+    found = checkpoint.latest(rec.get("checkpoint_dir") or ckpt_dir(cfg, run_id))
+    if found is None:
+        raise UserError(f"no checkpoint of run {run_id} in {rec.get('checkpoint_dir')}")
+    return rec, checkpoint.model_state(found[0], found[1])
