@@ -32,6 +32,13 @@ class ModelConfig:
     mask_token_in_encoder: bool = False  # Table 1c: True feeds mask tokens to the encoder
     target: str = "pixel"  # a key of core.targets.TARGETS; Table 1 baseline: unnormalised pixels
     loss_on_all_patches: bool = False  # paper: loss on masked patches only
+    # Settings of single targets (docs/targets.md); a run's id holds only its own target's ones.
+    pca_components: int = 0  # pca: coefficients kept; 0 = patch dim / 8 (the paper's 96 of 16x16x3)
+    pca_samples: int = 100_000  # pca: training patches the basis is fitted on
+    dvae_vocab: int = 8192  # dvae_token: tokenizer vocabulary (BEiT / DALL-E: 8192)
+    dvae_width: int = 128  # dvae_token: conv width of the in-suite tokenizer
+    dvae_epochs: int = 10  # dvae_token: training epochs of the in-suite tokenizer
+    dvae_path: str = ""  # dvae_token: OpenAI's DALL-E encoder.pkl instead of the in-suite tokenizer
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class LinprobeConfig:  # paper Table 10
     blr: float = 0.1
     weight_decay: float = 0.0
     pool: str = "cls"  # cls | avg
+    augment: bool = True  # False: resize + center crop for training too, so features are computed once
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,8 @@ class FinetuneConfig:  # paper Table 9 (ViT-L/H: 50 epochs)
     cutmix: float = 1.0
     smoothing: float = 0.1
     reprob: float = 0.25
-    randaug: str = "rand-m9-mstd0.5-inc1"
+    randaug: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec; None: none
+    crop_scale: tuple = (0.08, 1.0)  # RandomResizedCrop area range (timm's default, as the paper's code)
     pool: str = "avg"  # avg | cls
     blocks: Optional[int] = None  # partial fine-tuning: train only the last k blocks
 
@@ -102,6 +111,7 @@ class KnnConfig:
     k: int = 20
     temperature: float = 0.07
     batch_size: int = 256
+    pool: str = "cls"  # cls | avg
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,13 @@ class ScratchConfig:  # paper Appendix A.2, supervised ViT-L from scratch
     betas: tuple = (0.9, 0.95)
     ema: float = 0.9999
     drop_path: float = 0.2
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    reprob: float = 0.0  # Table 11 lists no random erasing
+    randaug: Optional[str] = "rand-m9-mstd0.5-inc1"
+    crop_scale: tuple = (0.08, 1.0)
+    pool: str = "avg"  # avg | cls
 
 
 @dataclass(frozen=True)
@@ -134,12 +151,36 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where `run_all.py submit` runs its jobs (docs/cluster.md). Never part of a run id."""
+    executor: str = "auto"  # auto (slurm when sbatch is on PATH, else local) | slurm | local | debug
+    partition: str = ""  # "" = the site's default; likewise account, qos, constraint, mem
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    nodes: int = 8  # the official recipe: 8 nodes x 8 GPUs, 64 images per GPU = batch 4096
+    gpus_per_node: int = 8  # 0 only for CPU jobs (run.device=cpu)
+    tasks_per_node: int = 0  # processes per node; 0 = one per GPU (one for CPU jobs)
+    cpus_per_task: int = 10
+    mem: str = ""  # sbatch --mem, e.g. 480G
+    time: str = "48:00:00"  # per job, in sbatch --time format; longer runs requeue themselves
+    array_parallelism: int = 256  # array tasks running at once
+    signal_delay_s: int = 120  # USR2 this long before the time limit: finish the step, save, requeue
+    max_requeues: int = 20  # per job, time-outs and preemptions together
+    sbatch: tuple = ()  # any other sbatch option as KEY=VALUE (KEY= for a flag), e.g. ("exclusive=",)
+    job_dir: str = ""  # submitit's logs and pickles (shared filesystem); "" = <results_dir>/sweeps/<preset>/jobs
+    python: str = ""  # the jobs' interpreter; "" = the one running run_all.py
+    sustained_tflops: float = 13.2  # per GPU, for GPU-hour estimates: ViT-L MAE on V100 (docs/cluster.md)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # not in run ids: see pretrain_identity
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -154,6 +195,8 @@ class Config:
         for key in NOT_IDENTITY:
             section, name = key.split(".")
             ident[section].pop(name, None)
+        for name in unused_target_keys(self.model):
+            ident["model"].pop(name)
         return ident
 
     @property
@@ -165,9 +208,22 @@ class Config:
 # Settings that do not change what a run computes: where files go, how often we log, how the
 # data is fetched. Runs that differ only in these are the same run.
 NOT_IDENTITY = (
-    "data.path", "data.num_workers", "data.backend", "data.ffcv_os_cache", "data.on_corrupt",
+    "data.path", "data.num_workers", "data.ffcv_os_cache", "data.on_corrupt",
     "pretrain.compile", "pretrain.checkpoint_every", "pretrain.keep_checkpoints", "pretrain.log_every",
 )
+
+
+# Model settings read by one target only. Other runs leave them out of their id, so a pixel run
+# keeps its id when a PCA setting changes (and kept it when these keys were added).
+TARGET_KEYS = {"pca": ("pca_components", "pca_samples"),
+               "dvae_token": ("dvae_vocab", "dvae_width", "dvae_epochs", "dvae_path")}
+
+
+def unused_target_keys(model) -> list[str]:
+    unused = [k for t, keys in TARGET_KEYS.items() if t != model.target for k in keys]
+    if model.target == "dvae_token" and model.dvae_path:  # DALL-E's encoder: no tokenizer is trained
+        unused += ["dvae_vocab", "dvae_width", "dvae_epochs"]
+    return unused
 
 
 def config_hash(obj) -> str:
@@ -200,32 +256,54 @@ PRESETS: dict[str, dict] = {
         "model.decoder_depth": 2,
         "model.decoder_embed_dim": 64,
         "model.decoder_num_heads": 4,
+        "model.dvae_vocab": 128,
+        "model.dvae_width": 32,
+        "model.dvae_epochs": 8,
         "data.dataset": "digits",
         "data.num_workers": 0,
         "data.mean": TINY_MEAN,
         "data.std": TINY_STD,
-        "pretrain.epochs": 20,
-        "pretrain.warmup_epochs": 3,
-        "pretrain.batch_size": 128,
+        # batch 32 (44 steps an epoch): at batch 128 the same 20 epochs ended at the loss of predicting
+        # the mean image and kNN 80%; batch 32 for 15 epochs reaches loss 0.22 and kNN 91% in less time
+        "pretrain.epochs": 15,
+        "pretrain.warmup_epochs": 2,
+        "pretrain.batch_size": 32,
         "pretrain.blr": 1.5e-3,
         "pretrain.checkpoint_every": 5,
         "pretrain.log_every": 10,
-        "eval.linprobe.epochs": 30,
-        "eval.linprobe.warmup_epochs": 3,
+        # linear probe: 5 steps an epoch instead of 78, so LARS (whose steps are lr x 0.001 x |w|) needs
+        # a 100x larger lr; no augmentation, so the frozen features are computed once (docs/evaluation.md)
         "eval.linprobe.batch_size": 256,
-        "eval.linprobe.blr": 0.1,
+        "eval.linprobe.blr": 10.0,
+        "eval.linprobe.augment": False,
+        # fine-tune and scratch: batch 32 for 44 steps an epoch (lr = 1e-3 as blr x 32 / 256), milder
+        # crops (digits fill the image) and no mixup / cutmix, which kept 15 epochs from fitting
         "eval.finetune.epochs": 15,
         "eval.finetune.warmup_epochs": 2,
-        "eval.finetune.batch_size": 128,
+        "eval.finetune.batch_size": 32,
+        "eval.finetune.blr": 8e-3,
         "eval.finetune.randaug": "rand-m5-mstd0.5-inc1",
+        "eval.finetune.crop_scale": (0.7, 1.0),
+        "eval.finetune.mixup": 0.0,
+        "eval.finetune.cutmix": 0.0,
         "eval.knn.k": 20,
         "eval.scratch.epochs": 15,
         "eval.scratch.warmup_epochs": 2,
-        "eval.scratch.batch_size": 128,
-        "eval.scratch.blr": 1e-3,
+        "eval.scratch.batch_size": 32,
+        "eval.scratch.blr": 8e-3,
         "eval.scratch.weight_decay": 0.05,
         "eval.scratch.ema": 0.99,
         "eval.scratch.drop_path": 0.1,
+        "eval.scratch.randaug": "rand-m5-mstd0.5-inc1",
+        "eval.scratch.crop_scale": (0.7, 1.0),
+        "eval.scratch.mixup": 0.0,
+        "eval.scratch.cutmix": 0.0,
+        # one CPU process per job (a cluster's CPU partition or the local executor)
+        "cluster.nodes": 1,
+        "cluster.gpus_per_node": 0,
+        "cluster.cpus_per_task": 2,
+        "cluster.time": "02:00:00",
+        "cluster.signal_delay_s": 30,
     },
 }
 
@@ -234,15 +312,16 @@ def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
-def build_config(preset: str = "tiny", overrides: typing.Iterable[str] = ()) -> Config:
-    """Preset + `key=value` strings -> a validated, frozen Config."""
+def build_config(preset: str = "tiny", overrides: typing.Iterable[str] = (), values: dict | None = None) -> Config:
+    """Preset, then `key=value` strings, then a dict of values -> a validated, frozen Config."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(preset_names())}")
-    values = dict(PRESETS[preset])
+    merged = dict(PRESETS[preset])
     for item in overrides:
         key, value = parse_override(item)
-        values[key] = value
-    cfg = apply_overrides(Config(), values)
+        merged[key] = value
+    merged.update(values or {})
+    cfg = apply_overrides(Config(), merged)
     validate(cfg)
     return cfg
 
@@ -254,7 +333,11 @@ def parse_override(item: str) -> tuple[str, typing.Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
-    return key, _literal(raw.strip())
+    return key, Raw(raw.strip())
+
+
+class Raw(str):
+    """A value as typed on the command line, parsed only once its setting's type is known."""
 
 
 def _literal(raw: str):
@@ -268,6 +351,15 @@ def _literal(raw: str):
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return raw
+
+
+def _unquote(raw: str) -> str:
+    """'text' and "text" (as a shell or repr() gives them) are the text itself."""
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        value = _literal(raw)
+        if isinstance(value, str):
+            return value
+    return raw
 
 
 def all_keys(cls=Config, prefix="") -> dict[str, typing.Any]:
@@ -302,11 +394,14 @@ def _set(obj, path, value):
 
 def _coerce(key, value, tp):
     """Type-check one value against its annotation; ints are accepted where floats are."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        tp = next(a for a in args if a is not type(None))
+    optional = typing.get_origin(tp) is typing.Union  # Optional[X]
+    if optional:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if isinstance(value, Raw):  # a str setting takes the text verbatim: "none" is an augmentation set
+        keep = tp is str and not (optional and value.lower() in ("none", "null"))
+        value = _unquote(str(value)) if keep else _literal(value)
+    if optional and value is None:
+        return None
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -334,6 +429,7 @@ CHOICES = {
     "eval.linprobe.pool": ("cls", "avg"),
     "eval.finetune.pool": ("cls", "avg"),
     "run.device": ("auto", "cpu", "cuda"),
+    "cluster.executor": ("auto", "slurm", "local", "debug"),
 }
 
 
@@ -361,21 +457,28 @@ def validate(cfg: Config) -> None:
     if m.decoder_embed_dim <= 0 or m.decoder_num_heads <= 0 or m.decoder_embed_dim % m.decoder_num_heads:
         raise ConfigError(f"model.decoder_embed_dim={m.decoder_embed_dim} must be a positive multiple of "
                           f"model.decoder_num_heads={m.decoder_num_heads}")
+    if not 0 <= m.pca_components <= patch * patch * 3:
+        raise ConfigError(f"model.pca_components must be in [0, {patch * patch * 3}] (0 = patch dim / 8), "
+                          f"got {m.pca_components}")
+    if m.dvae_vocab < 2:
+        raise ConfigError(f"model.dvae_vocab must be >= 2, got {m.dvae_vocab}")
     if m.decoder_embed_dim % 4:
         raise ConfigError(f"model.decoder_embed_dim={m.decoder_embed_dim} must be divisible by 4 (2D sin-cos embedding)")
     for key in ("pretrain.epochs", "pretrain.batch_size", "pretrain.accum_iter", "pretrain.checkpoint_every",
                 "pretrain.log_every", "pretrain.keep_checkpoints", "eval.linprobe.epochs",
                 "eval.linprobe.batch_size", "eval.finetune.epochs", "eval.finetune.batch_size",
                 "eval.knn.k", "eval.knn.batch_size", "eval.scratch.epochs", "eval.scratch.batch_size",
-                "data.synthetic_size"):
+                "data.synthetic_size", "model.pca_samples", "model.dvae_width", "model.dvae_epochs",
+                "cluster.nodes", "cluster.cpus_per_task", "cluster.array_parallelism"):
         if flat[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {flat[key]}")
     for key in ("pretrain.warmup_epochs", "eval.linprobe.warmup_epochs", "eval.finetune.warmup_epochs",
-                "eval.scratch.warmup_epochs", "data.num_workers", "pretrain.seed", "eval.seed"):
+                "eval.scratch.warmup_epochs", "data.num_workers", "pretrain.seed", "eval.seed",
+                "cluster.gpus_per_node", "cluster.tasks_per_node", "cluster.signal_delay_s", "cluster.max_requeues"):
         if flat[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {flat[key]}")
     for key in ("pretrain.blr", "eval.linprobe.blr", "eval.finetune.blr", "eval.scratch.blr",
-                "eval.knn.temperature"):
+                "eval.knn.temperature", "cluster.sustained_tflops"):
         if not flat[key] > 0:
             raise ConfigError(f"{key} must be > 0, got {flat[key]}")
     if p.lr is not None and not p.lr > 0:
@@ -394,6 +497,8 @@ def validate(cfg: Config) -> None:
     depth = ARCHS[m.arch]["depth"]
     if blocks is not None and not 0 <= blocks <= depth:
         raise ConfigError(f"eval.finetune.blocks must be in [0, {depth}] for {m.arch}, got {blocks}")
+    from core.submit import check_cluster_config
+    check_cluster_config(cfg.cluster)  # the sbatch time format and pass-through options
     if m.mask_strategy == "grid":
         from core.masking import grid_mask
         grid_mask(1, m.img_size // patch, m.mask_ratio, None)  # raises ConfigError if no grid fits

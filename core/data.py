@@ -144,6 +144,9 @@ def build_dataset(data_cfg, split: str, size: int):
         return digits(split, size)
     if data_cfg.dataset == "synthetic":
         return synthetic(split, size, data_cfg.synthetic_size)
+    if data_cfg.backend == "ffcv":  # the images live in a .beton (core/ffcv_data.py)
+        from core.ffcv_data import BetonImages, beton_path
+        return BetonImages(beton_path(data_cfg, split))
     if not data_cfg.path:
         raise DataError("data.path is required for data.dataset=imagefolder (a folder with train/ and val/)")
     return ImageFolderImages(os.path.join(data_cfg.path, split), data_cfg.on_corrupt)
@@ -151,7 +154,15 @@ def build_dataset(data_cfg, split: str, size: int):
 
 def check_dataset_path(data_cfg) -> None:
     """Fail before anything is written if the dataset cannot be found."""
-    if data_cfg.dataset != "imagefolder" or data_cfg.backend == "ffcv":
+    if data_cfg.backend == "ffcv":
+        if data_cfg.dataset != "imagefolder":
+            raise DataError(f"data.backend=ffcv reads .beton files converted from an ImageFolder; set "
+                            f"data.dataset=imagefolder (data.dataset={data_cfg.dataset} needs no files)")
+        from core.ffcv_data import beton_path, check_beton, require_ffcv
+        require_ffcv()  # not installed: one line with the install hint
+        check_beton(beton_path(data_cfg, "train"))  # missing, empty or truncated: one line here
+        return
+    if data_cfg.dataset != "imagefolder":
         return
     if not data_cfg.path:
         raise DataError("data.path is required for data.dataset=imagefolder (a folder with train/ and val/)")

@@ -111,7 +111,7 @@ def git_commit() -> str | None:
 def environment(device) -> dict:
     import torch
 
-    env = {"torch_version": torch.__version__, "device": str(device), "host": platform.node(),
+    env = {"torch_version": torch.__version__, "device": str(device), "host": platform.node(), "pid": os.getpid(),
            "python": platform.python_version(), "git_commit": git_commit()}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name()

@@ -21,11 +21,12 @@ from tqdm import tqdm
 from core import checkpoint, results
 from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
-from core.device import autocast, grad_scaler, resolve_device, resolve_precision
+from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
+                         resolve_precision)
 from core.distributed import DistInfo, barrier, init as init_distributed
-from core.errors import Preempted, TrainingFailed
+from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.masking import make_mask
-from core.model import ARCHS, MAE
+from core.model import MAE
 from core.targets import build_target
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limit warning
@@ -69,6 +70,28 @@ def build_optimizer(model, cfg: Config, device):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(p.betas), fused=device.type in ("cpu", "cuda"))
 
 
+def forward_backward(step_fn, target, imgs, mask, precision: str, device, scaler, accum: int = 1,
+                     all_patches: bool = False) -> torch.Tensor:
+    """One micro-step: forward under autocast, loss, scaled backward. The loss is returned as a
+    device tensor and never read here: reading it (.item()) would stall the host every step."""
+    with autocast(precision, device):
+        pred = step_fn(imgs, mask)
+    loss = target.loss(pred, target(imgs), mask, all_patches)
+    scaler.scale(loss / accum).backward()
+    return loss
+
+
+def optimizer_step(model, optimizer, scaler, clip_grad: float | None = None) -> None:
+    """Clip (optional), step and zero the grads. With a fused AdamW the GradScaler hands the
+    inf check to the optimizer, so even fp16 needs no host sync here."""
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
     """Linear warm-up then half-cosine, updated every optimizer step (as the paper's code)."""
     p = cfg.pretrain
@@ -85,6 +108,8 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
         return done
     check_dataset_path(cfg.data)
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on the activations every step
     dist = init_distributed(device)
     with StopFlag() as stop:
         return _Run(cfg, run_id, device, dist, stop, progress).train()
@@ -94,24 +119,24 @@ class _Run:
     def __init__(self, cfg, run_id, device, dist: DistInfo, stop, progress):
         self.cfg, self.run_id, self.device, self.dist, self.stop = cfg, run_id, device, dist, stop
         p = cfg.pretrain
-        self.precision = resolve_precision(p.precision, device, ARCHS[cfg.model.arch]["embed_dim"])
+        self.precision = resolve_precision(p.precision, device)
         self.ckpt_dir = ckpt_dir(cfg, run_id)
         self.micro_batch = p.batch_size // p.accum_iter // dist.world
         if self.micro_batch < 1:
-            from core.errors import ConfigError
             raise ConfigError(f"pretrain.batch_size={p.batch_size} is smaller than accum_iter x world size")
 
         train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
         self.target = build_target(cfg.model, cfg.data)
-        self.target.prepare(train_set, os.path.join(cfg.run.work_dir, "cache"), device)
+        self.target.prepare(train_set, os.path.join(cfg.run.work_dir, "cache"), device,
+                            results_dir=cfg.run.results_dir)
         self.loader = self._loader(train_set)
         self.steps_per_epoch = self.loader.steps_per_epoch // p.accum_iter  # optimizer steps
         if self.steps_per_epoch < 1:
-            from core.errors import DataError
             raise DataError(f"one epoch of {len(train_set)} images is less than one batch of {p.batch_size}")
 
         torch.manual_seed(p.seed)
         self.model = MAE(cfg.model, self.target.dim).to(device)
+        cpu_attention(self.model, device, self.precision)  # bf16 on CPUs: the faster attention path
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = grad_scaler(self.precision, device)
@@ -144,7 +169,8 @@ class _Run:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "global_step": self.global_step,
                 "history": list(self.history), "epoch_sum": self.epoch_sum.cpu(),
-                "epoch_count": self.epoch_count, "torch_rng": torch.get_rng_state()}
+                "epoch_count": self.epoch_count, "torch_rng": torch.get_rng_state(),
+                "train_time_s": self.train_time(), "images_seen": self.images_seen, "images_skipped": self.skipped}
 
     def resume(self) -> str | None:
         found = checkpoint.latest(self.ckpt_dir)
@@ -152,7 +178,6 @@ class _Run:
             return None
         state, path = found
         if state.get("run_id") != self.run_id:
-            from core.errors import CheckpointError
             raise CheckpointError(f"{path} belongs to run {state.get('run_id')}, not {self.run_id}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -161,7 +186,13 @@ class _Run:
         self.epoch_sum = state["epoch_sum"].to(self.device)
         self.epoch_count = state["epoch_count"]
         torch.set_rng_state(state["torch_rng"])
+        # wall time and throughput cover every session of the run, not only the last one
+        self.time_before = float(state.get("train_time_s", 0.0))
+        self.images_seen, self.skipped = int(state.get("images_seen", 0)), int(state.get("images_skipped", 0))
         return path
+
+    def train_time(self) -> float:
+        return self.time_before + time.perf_counter() - self.t_start
 
     def save(self) -> str | None:
         if not self.dist.is_main:
@@ -182,6 +213,7 @@ class _Run:
 
     def train(self) -> dict:
         cfg, p = self.cfg, self.cfg.pretrain
+        self.time_before, self.images_seen, self.skipped = 0.0, 0, 0
         self.resumed_from = self.resume()
         from core.flops import mae_forward_flops
         flops = mae_forward_flops(cfg.model, self.target.dim)
@@ -190,35 +222,42 @@ class _Run:
         total_steps = p.epochs * self.steps_per_epoch
         bar = tqdm(total=total_steps, initial=self.global_step, disable=not self.progress, unit="step",
                    desc=f"pretrain {self.run_id}", dynamic_ncols=True, mininterval=1.0)
-        self.t_start, self.images_seen, skipped = time.perf_counter(), 0, 0
+        self.t_start = time.perf_counter()
         self.model.train()
         try:
             while self.global_step < total_steps:
                 epoch, step_in_epoch = divmod(self.global_step, self.steps_per_epoch)
                 n, k = self._train_epoch(epoch, step_in_epoch, bar)
-                self.images_seen, skipped = self.images_seen + n, skipped + k
-                if self.stop:
+                self.images_seen, self.skipped = self.images_seen + n, self.skipped + k
+                if self._stopping():
                     path = self.save()
                     self.write_record("preempted", reason=f"signal {self.stop.signum}", last_checkpoint=path)
                     raise Preempted(f"stopped by signal {self.stop.signum} at step {self.global_step}; "
                                     f"checkpoint {path}")
                 self._end_epoch(epoch)
-        except TrainingFailed as e:
-            self.write_record("failed", reason=str(e))
+        except (TrainingFailed, CheckpointError) as e:  # a CheckpointError here: the disk is full or gone
+            try:
+                self.write_record("failed", reason=str(e))
+            except UserError:
+                pass  # the record cannot be written either; the error itself still reaches the user
             raise
         finally:
             bar.close()
-        elapsed = time.perf_counter() - self.t_start
+        elapsed = self.train_time()
         barrier()
         metrics = {"final_loss": self.history[-1] if self.history else None,
                    "first_loss": self.history[0] if self.history else None}
         return self.write_record("done", finished_at=results.now(), metrics=metrics,
                                  wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
-                                 flops_per_image=flops, images_skipped=skipped,
+                                 flops_per_image=flops, images_skipped=self.skipped,
                                  last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
 
     def _end_epoch(self, epoch: int):
-        mean = (self.epoch_sum / max(self.epoch_count, 1)).item()  # one host sync per epoch
+        total = torch.stack([self.epoch_sum, torch.tensor(float(self.epoch_count), dtype=torch.float64,
+                                                          device=self.epoch_sum.device)])
+        if self.dist.world > 1:  # the epoch's loss over every rank's images, not rank 0's alone
+            torch.distributed.all_reduce(total)
+        mean = (total[0] / total[1].clamp(min=1)).item()  # one host sync per epoch
         self._check_finite(mean, epoch)
         self.history.append(mean)
         self.epoch_sum.zero_()
@@ -226,6 +265,16 @@ class _Run:
         last = self.global_step >= self.cfg.pretrain.epochs * self.steps_per_epoch
         if last or (epoch + 1) % self.cfg.pretrain.checkpoint_every == 0:
             self.save()
+
+    def _stopping(self) -> bool:
+        """A stop signal reaches the ranks at slightly different steps; all must stop at the same one,
+        else a rank that stopped alone leaves the others waiting in their next all-reduce and no
+        checkpoint is written (one tiny all-reduce per step, only with several processes)."""
+        if self.dist.world == 1:
+            return bool(self.stop)
+        flag = torch.tensor(float(bool(self.stop)), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _check_finite(self, value: float, epoch: int):
         if not math.isfinite(value):
@@ -250,10 +299,8 @@ class _Run:
             final_micro = micro == accum - 1
             sync_ctx = self.step_fn.no_sync() if (not final_micro and hasattr(self.step_fn, "no_sync")) else nullcontext()
             with sync_ctx:
-                with autocast(self.precision, self.device):
-                    pred = self.step_fn(imgs, mask)
-                loss = self.target.loss(pred, self.target(imgs), mask, cfg.model.loss_on_all_patches)
-                self.scaler.scale(loss / accum).backward()
+                loss = forward_backward(self.step_fn, self.target, imgs, mask, self.precision, self.device,
+                                        self.scaler, accum, cfg.model.loss_on_all_patches)
             self.epoch_sum += loss.detach().to(torch.float64)
             self.epoch_count += 1
             images += imgs.shape[0]
@@ -261,22 +308,17 @@ class _Run:
             if not final_micro:
                 continue
             micro = 0
-            if p.clip_grad is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(self.model, self.optimizer, self.scaler, p.clip_grad)
             self.global_step += 1
             self.scheduler.step_update(self.global_step)
             bar.update(1)
             if self.global_step % p.log_every == 0:  # the only host sync inside an epoch
                 value = loss.item()
                 self._check_finite(value, epoch)
-                rate = (self.images_seen + images * self.dist.world) / (time.perf_counter() - self.t_start)
+                rate = (self.images_seen + images * self.dist.world) / self.train_time()
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{rate:.0f}")
-            if self.stop or self.global_step >= end:
+            if self._stopping() or self.global_step >= end:
                 break
         return images * self.dist.world, skipped
 

@@ -23,6 +23,13 @@ def test_overrides_are_typed_literals():
     assert c.eval.linprobe.pool == "avg"
 
 
+def test_string_settings_take_the_text_verbatim():
+    c = build_config("tiny", ["data.augmentation=none", "data.path=123", "pretrain.clip_grad=none"])
+    assert c.data.augmentation == "none" and c.data.path == "123" and c.pretrain.clip_grad is None
+    quoted = build_config("tiny", ["data.augmentation='crop_rand'", 'cluster.time="1:00:00"', "data.path='a"])
+    assert quoted.data.augmentation == "crop_rand" and quoted.cluster.time == "1:00:00" and quoted.data.path == "'a"
+
+
 def test_values_are_never_evaluated():
     key, value = parse_override("data.path=__import__('os').system('echo pwned')")
     assert value == "__import__('os').system('echo pwned')"  # stays a string

@@ -1,0 +1,106 @@
+"""Evaluation protocols of a pretrained encoder, and the supervised baseline (docs/evaluation.md).
+
+    evaluate(cfg, "linprobe", run_id="pt-...")   # or init="mae_pretrain_vit_base.pth"
+    scratch(cfg)
+
+Each evaluation is one run record (<results_dir>/runs/<eval id>.json) linked to its pretraining
+run by `parent`; a finished one is returned without running again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from core import results
+from core.config import Config, config_from_dict, validate as validate_config
+from core.data import check_dataset_path
+from core.device import resolve_device, resolve_precision
+from core.errors import ConfigError, UserError
+from core.eval import finetune, knn, linprobe
+from core.eval.common import (KINDS, PROTOCOLS, Record, check_protocol, encoder_state, eval_data, eval_run_id,
+                              load_init)
+
+__all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
+
+
+def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate the encoder of pretraining run `run_id` (default cfg.run_id()) or of the checkpoint
+    file `init` with one protocol; returns the eval record."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    if run_id is not None and init is not None:
+        raise UserError("evaluate either a pretraining run (--run) or a checkpoint file (--init), not both")
+    extra, state = {}, None
+    if init is not None:
+        state, sha = load_init(init)
+        parent = f"init-{sha[:12]}"
+        extra = {"init": os.path.abspath(init), "init_sha256": sha}
+    else:
+        parent = results.check_id(run_id or cfg.run_id())
+        cfg = pretrained_config(cfg, parent)
+    check_protocol(cfg, protocol)
+    eid = eval_run_id(cfg, protocol, parent)
+    done = results.read_record(cfg.run.results_dir, eid)
+    if done and done.get("status") == "done":
+        return done
+    check_dataset_path(cfg.data)
+    if state is None:
+        from core.train import load_pretrained_encoder
+        state = load_pretrained_encoder(cfg, parent)[1]
+    state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
+    return _run(cfg, protocol, eid, parent, state, progress, extra)
+
+
+def scratch(cfg: Config, progress: bool = True) -> dict:
+    """The supervised baseline: the fine-tune code from random initialisation (eval.scratch recipe)."""
+    check_protocol(cfg, "scratch")
+    eid = eval_run_id(cfg, "scratch")
+    done = results.read_record(cfg.run.results_dir, eid)
+    if done and done.get("status") == "done":
+        return done
+    check_dataset_path(cfg.data)
+    return _run(cfg, "scratch", eid, None, None, progress, {})
+
+
+def pretrained_config(cfg: Config, run_id: str) -> Config:
+    """cfg with the model and pretraining settings of run `run_id`, so an evaluation builds the
+    encoder that run trained and its record carries the run's settings (tables group by them)."""
+    rec = results.read_record(cfg.run.results_dir, run_id)
+    if rec is None:
+        raise UserError(f"no run record for {run_id} in {results.runs_dir(cfg.run.results_dir)}")
+    if rec.get("kind") != "pretrain":
+        raise UserError(f"{run_id} is a {rec.get('kind')} record, not a pretraining run")
+    if rec.get("status") != "done":
+        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
+    try:
+        run_cfg = config_from_dict(rec["config"])
+    except (ConfigError, KeyError) as e:
+        raise UserError(f"the config in the record of {run_id} cannot be read: {e}") from None
+    cfg = dataclasses.replace(cfg, model=run_cfg.model, pretrain=run_cfg.pretrain,
+                              data=dataclasses.replace(cfg.data, augmentation=run_cfg.data.augmentation))
+    validate_config(cfg)
+    return cfg
+
+
+RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,
+           "finetune": lambda *a: finetune.run(a[0], "finetune", *a[1:]),
+           "partial": lambda *a: finetune.run(a[0], "partial", *a[1:]),
+           "scratch": lambda *a: finetune.run(a[0], "scratch", *a[1:])}
+
+
+def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict) -> dict:
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.pretrain.precision, device)
+    data = eval_data(cfg)  # a missing or damaged split is an error before anything is written
+    record = Record(cfg, eid, kind, parent, device, precision=precision, **extra)
+    record.write("running")
+    t0 = time.perf_counter()
+    try:
+        out = RUNNERS[kind](cfg, state, data, device, precision, progress)
+    except BaseException as e:  # recorded, then raised on: TrainingFailed, a bad batch size, Ctrl-C, a bug
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e) or type(e).__name__)
+        record.write("failed", reason=reason, wall_time_s=time.perf_counter() - t0)
+        raise
+    return record.write("done", finished_at=results.now(), wall_time_s=time.perf_counter() - t0, **out)

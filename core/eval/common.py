@@ -1,0 +1,339 @@
+"""What the evaluation protocols share: run ids and records, the eval data, checking and loading
+encoder weights, frozen features, the supervised training loop and top-k accuracy."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import to_pil_image
+from tqdm import tqdm
+
+from core import checkpoint, results
+from core.config import Config, _plain, config_hash
+from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, sample_seed
+from core.device import autocast
+from core.errors import CheckpointError, ConfigError, DataError, TrainingFailed, UserError
+from core.model import ARCHS, ViTEncoder
+
+PROTOCOLS = ("linprobe", "finetune", "partial", "knn")
+KINDS = PROTOCOLS + ("scratch",)
+# Images per forward pass of a frozen encoder and per validation batch: bounds memory (a linear
+# probe batch is 16384 images at the paper preset), changes no result.
+CHUNK = 256
+
+
+# --------------------------------------------------------------------------- ids and records
+
+def section(cfg: Config, kind: str):
+    """The config section a protocol reads; partial fine-tuning is the fine-tune section with `blocks`."""
+    e = cfg.eval
+    sections = {"linprobe": e.linprobe, "finetune": e.finetune, "partial": e.finetune, "knn": e.knn,
+                "scratch": e.scratch}
+    if kind not in sections:
+        raise UserError(f"unknown evaluation protocol {kind!r}; choose one of: {', '.join(KINDS)}")
+    return sections[kind]
+
+
+def eval_run_id(cfg: Config, protocol: str, parent: str | None = None) -> str:
+    """'<protocol>-<12 hex>' from the parent run, the protocol's section, eval.seed and the
+    model/data settings evaluation depends on. Paths never enter it. The scratch baseline has no parent."""
+    sec = section(cfg, protocol)
+    parent = None if protocol == "scratch" else (parent or cfg.run_id())
+    m, d = cfg.model, cfg.data
+    data = {"dataset": d.dataset, "mean": d.mean, "std": d.std}
+    if d.dataset == "synthetic":
+        data["synthetic_size"] = d.synthetic_size
+    ident = {"protocol": protocol, "parent": parent, "section": dataclasses.asdict(sec), "seed": cfg.eval.seed,
+             "model": {"arch": m.arch, "img_size": m.img_size}, "data": data}
+    return f"{protocol}-{config_hash(ident)}"
+
+
+def check_protocol(cfg: Config, kind: str) -> None:
+    """Settings that only make sense for some protocols (the rest is checked by core.config)."""
+    section(cfg, kind)
+    blocks = cfg.eval.finetune.blocks
+    if kind == "partial" and blocks is None:
+        raise ConfigError("the partial protocol needs eval.finetune.blocks=K (the last K blocks train)")
+    if kind == "finetune" and blocks is not None:
+        raise ConfigError(f"eval.finetune.blocks={blocks} is for the partial protocol: run `eval partial`, "
+                          "or set eval.finetune.blocks=None for full fine-tuning")
+    for key, value in (("eval.knn.pool", cfg.eval.knn.pool), ("eval.scratch.pool", cfg.eval.scratch.pool)):
+        if value not in ("cls", "avg"):
+            raise ConfigError(f"{key}={value!r} is not one of: cls, avg")
+    for key, value in (("eval.finetune.crop_scale", cfg.eval.finetune.crop_scale),
+                       ("eval.scratch.crop_scale", cfg.eval.scratch.crop_scale)):
+        if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+            raise ConfigError(f"{key} must be two numbers 0 < lo <= hi <= 1, got {value}")
+
+
+class Record:
+    """An evaluation's run record: 'running' when it starts, then 'done', or 'failed' with a reason."""
+
+    def __init__(self, cfg: Config, run_id: str, kind: str, parent: str | None, device, **extra):
+        self.results_dir = cfg.run.results_dir
+        self.base = {"run_id": run_id, "kind": kind, "parent": parent, "preset": cfg.run.preset,
+                     "config": cfg.to_dict(), "protocol_config": _plain(dataclasses.asdict(section(cfg, kind))),
+                     "started_at": results.now(), **results.environment(device), **extra}
+
+    def write(self, status: str, **fields) -> dict:
+        rec = {**self.base, "status": status, "updated_at": results.now(), **fields}
+        results.write_record(self.results_dir, rec)
+        return rec
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class EvalData:
+    train: Dataset  # raw: TensorImages or ImageFolderImages
+    val: Dataset
+    num_classes: int
+
+
+def eval_data(cfg: Config) -> EvalData:
+    size = cfg.model.img_size
+    train, val = build_dataset(cfg.data, "train", size), build_dataset(cfg.data, "val", size)
+    if list(train.classes) != list(val.classes):
+        raise DataError(f"the train and val splits have different classes ({len(train.classes)} vs {len(val.classes)})")
+    return EvalData(train, val, len(train.classes))
+
+
+def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device) -> EpochLoader:
+    """Seeded like pretraining: order from (eval.seed, epoch), augmentation from (eval.seed, epoch, index)."""
+    return EpochLoader(Transformed(base, transform), batch_size, cfg.eval.seed, shuffle=train, drop_last=train,
+                       num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed python's and numpy's RNGs for a block, then restore them. timm's RandAugment, random
+    crop, random erasing and Mixup draw from these, not from torch."""
+    state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+
+
+class SeededTimm:
+    """Runs a timm transform on PIL images with python/numpy seeded from the torch RNG, which
+    core.data.Transformed seeds per sample: the same augmentation for any worker count."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        if isinstance(img, torch.Tensor):  # in-memory datasets hold uint8 tensors; RandAugment needs PIL
+            img = to_pil_image(img)
+        with seeded(int(torch.randint(2 ** 31 - 1, ()))):
+            return self.transform(img)
+
+
+class FeatureLoader:
+    """Batches of precomputed features in the order core.data's seeded sampler gives, without the
+    per-sample cost of the image loader; `epoch(e)` and `steps_per_epoch` as EpochLoader."""
+
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, train: bool):
+        self.feats, self.labels, self.batch_size, self.drop_last = feats, labels, batch_size, train
+        self.sampler = SeededSampler(len(labels), seed, shuffle=train)
+        if train and len(labels) < batch_size:
+            raise DataError(f"the dataset has {len(labels)} images, fewer than one batch of {batch_size}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor([i for i, _ in self.sampler], device=self.feats.device)
+        for step in range(self.steps_per_epoch):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield self.feats[idx], self.labels[idx], 0
+
+
+# --------------------------------------------------------------------------- encoder weights
+
+# Keys of a pretraining checkpoint that are not the encoder's (the decoder, mask tokens) and keys
+# of a fine-tuned one that every evaluation replaces (the head).
+NOT_ENCODER = ("decoder_", "mask_token", "encoder_mask_token", "head.", "fc_norm.")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_init(path: str) -> tuple[dict, str]:
+    """(weights, sha256) of an external checkpoint: {'model': state dict} as the MAE authors
+    released them, or ours. weights_only=True: a pickle that would run code is refused."""
+    obj = checkpoint.load_file(path)
+    return checkpoint.model_state(obj, path), file_sha256(path)
+
+
+def encoder_state(state: dict, arch: str, img_size: int, source: str) -> dict:
+    """The encoder's weights out of a checkpoint, checked strictly against model.arch: every
+    encoder key present with its shape, nothing unknown besides the decoder and head."""
+    state = {k: v for k, v in state.items() if not k.startswith(NOT_ENCODER)}
+    with torch.device("meta"):  # shapes only, no memory
+        want = {k: v.shape for k, v in ViTEncoder(arch, img_size).state_dict().items()}
+    a = ARCHS[arch]
+    w = state.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 4:
+        if w.shape[0] != a["embed_dim"]:
+            guess = [n for n, s in ARCHS.items() if s["embed_dim"] == w.shape[0]]
+            hint = f" ({guess[0]}?)" if guess else ""
+            raise CheckpointError(f"{source}: checkpoint has embed dim {w.shape[0]}{hint} but model.arch={arch} "
+                                  f"has {a['embed_dim']}")
+        if w.shape[-1] != a["patch_size"]:
+            raise CheckpointError(f"{source}: checkpoint has patch size {w.shape[-1]} but model.arch={arch} "
+                                  f"has {a['patch_size']}")
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    if depth and depth != a["depth"]:
+        raise CheckpointError(f"{source}: checkpoint has {depth} blocks but model.arch={arch} has {a['depth']}")
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else "")]
+                 if unexpected else [])
+        raise CheckpointError(f"{source} is not a {arch} encoder checkpoint: {'; '.join(parts)}")
+    for k, shape in want.items():
+        if state[k].shape != shape:
+            raise CheckpointError(f"{source}: {k} has shape {tuple(state[k].shape)} but model.arch={arch} at "
+                                  f"model.img_size={img_size} needs {tuple(shape)}")
+    return state
+
+
+def frozen_encoder(cfg: Config, state: dict, device) -> ViTEncoder:
+    enc = ViTEncoder(cfg.model.arch, cfg.model.img_size)
+    enc.load_state_dict(state, strict=True)
+    enc.requires_grad_(False)
+    return enc.to(device).eval()
+
+
+# --------------------------------------------------------------------------- features and accuracy
+
+def pool_tokens(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, 1 + N, D) encoder output -> (B, D): the cls token, or the mean of the patch tokens."""
+    return x[:, 0] if pool == "cls" else x[:, 1:].mean(1)
+
+
+@torch.no_grad()
+def frozen_features(encoder, imgs: torch.Tensor, pool: str, precision: str, device) -> torch.Tensor:
+    out = []
+    for chunk in imgs.split(CHUNK):
+        with autocast(precision, device):
+            out.append(pool_tokens(encoder(chunk), pool).float())
+    return torch.cat(out)
+
+
+def extract(encoder, loader: EpochLoader, pool: str, precision: str, device, desc: str, progress: bool):
+    """Features and labels of a whole split, in dataset order (the loader must not shuffle)."""
+    feats, labels = [], []
+    for imgs, y, _ in tqdm(loader.epoch(0), total=loader.steps_per_epoch, desc=desc, disable=not progress,
+                           unit="batch", dynamic_ncols=True, mininterval=1.0):
+        if imgs.shape[0]:
+            feats.append(frozen_features(encoder, imgs.to(device, non_blocking=True), pool, precision, device))
+            labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """Number of rows whose label is among the k highest scores, for each k (k capped at the classes)."""
+    maxk = min(max(ks), scores.shape[1])
+    hit = scores.topk(maxk, dim=1).indices == labels[:, None]
+    return [hit[:, :min(k, maxk)].any(1).sum() for k in ks]
+
+
+@torch.no_grad()
+def validate(model, loader: EpochLoader, precision: str, device) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy in percent over the whole split."""
+    model.eval()
+    hits = torch.zeros(2, dtype=torch.long, device=device)
+    n = 0
+    for imgs, labels, _ in loader.epoch(0):
+        if not imgs.shape[0]:
+            continue
+        imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(precision, device):
+            logits = model(imgs)
+        hits += torch.stack(topk_hits(logits.float(), labels))
+        n += labels.shape[0]
+    top1, top5 = (100.0 * hits / max(n, 1)).tolist()
+    return top1, top5
+
+
+# --------------------------------------------------------------------------- training loop
+
+def cosine_schedule(optimizer, epochs: int, warmup_epochs: int, steps_per_epoch: int):
+    """Linear warm-up then half-cosine to 0, per step, as in pretraining (timm; honours lr_scale)."""
+    total, warmup = epochs * steps_per_epoch, min(warmup_epochs, epochs) * steps_per_epoch
+    return CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=0.0, warmup_t=warmup,
+                             warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+
+
+def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criterion, precision: str, device,
+        scaler, seed: int, validators: dict, mixup=None, ema=None, progress: bool = True, desc: str = "") -> dict:
+    """Supervised training, shared by the linear probe, (partial) fine-tuning and the scratch
+    baseline. After every epoch each validator (name -> () -> (top1, top5)) runs; returns the
+    history: per-epoch mean loss and val_top1/val_top5<name>."""
+    history = {"loss": []}
+    for name in validators:
+        history[f"val_top1{name}"], history[f"val_top5{name}"] = [], []
+    bar = tqdm(total=epochs * loader.steps_per_epoch, disable=not progress, unit="step", desc=desc,
+               dynamic_ncols=True, mininterval=1.0)
+    step = 0
+    try:
+        for epoch in range(epochs):
+            model.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            count = 0
+            for imgs, labels, _ in loader.epoch(epoch):
+                if imgs.shape[0] < 2:
+                    continue
+                imgs, target = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if mixup is not None:
+                    n = imgs.shape[0] - imgs.shape[0] % 2  # timm's Mixup pairs a batch with its reverse
+                    with seeded(sample_seed(seed, epoch, step)):
+                        imgs, target = mixup(imgs[:n], target[:n])
+                with autocast(precision, device):
+                    out = model(imgs)
+                loss = criterion(out.float(), target)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                scheduler.step_update(step)
+                if ema is not None:
+                    ema.update(model, step=step)
+                loss_sum += loss.detach().to(torch.float64)
+                count += 1
+                bar.update(1)
+            mean = (loss_sum / max(count, 1)).item()  # one host sync per epoch
+            if not math.isfinite(mean):
+                raise TrainingFailed(f"non-finite training loss ({mean}) in epoch {epoch}")
+            history["loss"].append(mean)
+            for name, fn in validators.items():
+                top1, top5 = fn()
+                history[f"val_top1{name}"].append(top1)
+                history[f"val_top5{name}"].append(top5)
+            bar.set_postfix(loss=f"{mean:.4f}", top1=f"{history['val_top1'][-1]:.1f}")
+    finally:
+        bar.close()
+    return history

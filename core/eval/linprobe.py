@@ -1,0 +1,84 @@
+"""Linear probing (paper Table 10): BatchNorm (no affine) + linear head on frozen encoder features,
+LARS with momentum 0.9, lr = blr x batch / 256, warm-up then cosine."""
+from __future__ import annotations
+
+import torch
+from timm.layers import trunc_normal_
+from timm.optim import Lars
+from torch import nn
+
+from core.data import eval_transform, linprobe_train_transform
+from core.device import grad_scaler
+from core.eval.common import (FeatureLoader, cosine_schedule, extract, fit, frozen_encoder, frozen_features,
+                              make_loader, validate)
+
+
+def probe_head(dim: int, num_classes: int) -> nn.Sequential:
+    # The BatchNorm standardises features whose scale differs between models and layers, so one lr fits all.
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+    trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    return head
+
+
+class LinearProbe(nn.Module):
+    """Frozen encoder -> pooled feature -> head. The encoder stays in eval mode even while the head
+    trains (docs/evaluation.md): it computes the same features either way, without autograd."""
+
+    def __init__(self, encoder, head, pool: str, precision: str, device):
+        super().__init__()
+        self.encoder, self.head, self.pool = encoder, head, pool
+        self.precision, self.device = precision, device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def forward(self, imgs):
+        return self.head(frozen_features(self.encoder, imgs, self.pool, self.precision, self.device))
+
+
+def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """LARS adapts (and decays) matrices only; biases and other 1-D parameters take plain SGD with
+    momentum, as in the LARS of the paper's recipe. timm's Lars adapts a group when its weight
+    decay is non-zero or always_adapt is set, so the two groups say it explicitly."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "always_adapt": True},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "always_adapt": False}]
+
+
+def build_optimizer(head: nn.Module, lp) -> Lars:
+    lr = lp.blr * lp.batch_size / 256
+    return Lars(lars_param_groups(head, lp.weight_decay), lr=lr, momentum=0.9, trust_coeff=0.001)
+
+
+def run(cfg, state, data, device, precision, progress) -> dict:
+    lp, m, d = cfg.eval.linprobe, cfg.model, cfg.data
+    encoder = frozen_encoder(cfg, state, device)
+    torch.manual_seed(cfg.eval.seed)
+    head = probe_head(encoder.embed_dim, data.num_classes).to(device)
+    val_tf = eval_transform(m.img_size, d.mean, d.std)
+    # The validation features never change (frozen encoder, no augmentation): computed once.
+    val_f, val_y = extract(encoder, make_loader(cfg, data.val, val_tf, lp.batch_size, False, device), lp.pool,
+                           precision, device, "linprobe val features", progress)
+    val_loader = FeatureLoader(val_f, val_y, lp.batch_size, cfg.eval.seed, train=False)
+    if lp.augment:  # the paper's protocol: a fresh crop and flip of every image in every epoch
+        model = LinearProbe(encoder, head, lp.pool, precision, device)
+        loader = make_loader(cfg, data.train, linprobe_train_transform(m.img_size, d.mean, d.std), lp.batch_size,
+                             True, device)
+    else:  # no augmentation: every epoch would see the same features, so compute them once
+        train_f, train_y = extract(encoder, make_loader(cfg, data.train, val_tf, lp.batch_size, False, device),
+                                   lp.pool, precision, device, "linprobe train features", progress)
+        model = head
+        loader = FeatureLoader(train_f, train_y, lp.batch_size, cfg.eval.seed, train=True)
+    optimizer = build_optimizer(head, lp)
+    scheduler = cosine_schedule(optimizer, lp.epochs, lp.warmup_epochs, loader.steps_per_epoch)
+    history = fit(model, optimizer, scheduler, loader, epochs=lp.epochs, criterion=nn.CrossEntropyLoss(),
+                  precision="fp32" if model is head else precision, device=device,
+                  scaler=grad_scaler(precision, device), seed=cfg.eval.seed,
+                  validators={"": lambda: validate(head, val_loader, "fp32", device)},
+                  progress=progress, desc="linprobe")
+    return {"metrics": {"top1": history["val_top1"][-1], "top5": history["val_top5"][-1],
+                        "train_loss": history["loss"][-1]},
+            "history": history, "epochs": lp.epochs}
