@@ -24,8 +24,9 @@ class Target:
         """Width of the decoder's prediction per patch."""
         raise NotImplementedError
 
-    def prepare(self, dataset, cache_dir: str, device: torch.device) -> None:
-        """Fit or load whatever the target needs (a PCA basis, a tokenizer). Default: nothing."""
+    def prepare(self, dataset, cache_dir: str, device: torch.device, results_dir: str | None = None) -> None:
+        """Fit or load whatever the target needs (a PCA basis, a tokenizer). Default: nothing.
+        A job with its own run record (the dVAE tokenizer) writes it to results_dir (default: cache_dir)."""
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
         """Per-patch targets, (B, L, dim) (or (B, L) class indices), computed without gradients."""
@@ -93,3 +94,11 @@ def build_target(model_cfg, data_cfg) -> Target:
 def cross_entropy_patch_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-patch cross-entropy for token targets: logits (B, L, V), tokens (B, L) -> (B, L)."""
     return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+
+
+# Targets in their own files (they subclass Target, so they are imported after it).
+from core.targets.dvae import DVAETokenTarget  # noqa: E402
+from core.targets.hog import HOGTarget  # noqa: E402
+from core.targets.pca import PCATarget  # noqa: E402
+
+TARGETS.update({t.name: t for t in (PCATarget, DVAETokenTarget, HOGTarget)})
