@@ -1,0 +1,94 @@
+"""What an ablation is (a declaration, no logic) and the registry that finds them in ablations/.
+
+An ablation module holds one `ABLATION = Ablation(...)`: its variants as overrides of the baseline
+preset, the paper rows it reproduces, the evaluations it needs and how it is shown. Dropping a new
+file into ablations/ is all it takes to add one.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+
+from core.errors import UserError
+
+PAPER_PRESET = "paper"
+SMALL_EVALS = ("linprobe", "knn")  # what small presets evaluate unless an ablation says otherwise
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str  # also the `ablation` column of results/paper/paper_reference.csv
+    source: str  # where the paper shows it: table1a ... table2, figure5/7/9
+    title: str
+    variants: dict  # label -> config overrides, at the paper preset; labels are the paper's
+    baseline: str  # the label of the paper's default (Table 1 grey row)
+    display: str = "table"  # table | curve
+    evals: tuple = ("finetune", "linprobe")  # protocols run after pretraining, paper preset
+    metrics: tuple = ("ft_top1", "linprobe_top1")  # paper metrics this ablation reports
+    # Small presets (tiny, ...): label -> (paper label or None if not in the paper, overrides).
+    # None means: the same variants as at the paper preset.
+    small_variants: dict | None = None
+    small_baseline: str | None = None
+    small_evals: tuple = SMALL_EVALS
+    pretrain: bool = True  # False: the evaluations need no pretraining run (the scratch baseline)
+    x_label: str = ""  # for curves
+    notes: str = ""
+
+    def variants_for(self, preset: str) -> dict:
+        """label -> (paper label or None, overrides) at this preset."""
+        if preset == PAPER_PRESET or self.small_variants is None:
+            return {label: (label, ov) for label, ov in self.variants.items()}
+        return dict(self.small_variants)
+
+    def baseline_for(self, preset: str) -> str:
+        if preset == PAPER_PRESET or self.small_baseline is None:
+            return self.baseline
+        return self.small_baseline
+
+    def evals_for(self, preset: str) -> tuple:
+        return self.evals if preset == PAPER_PRESET else self.small_evals
+
+
+def load_all() -> dict[str, Ablation]:
+    """Every ABLATION in the ablations package, by name, in file order."""
+    import ablations
+
+    found = {}
+    for info in sorted(pkgutil.iter_modules(ablations.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"ablations.{info.name}")
+        abl = getattr(module, "ABLATION", None)
+        if not isinstance(abl, Ablation):
+            raise UserError(f"ablations/{info.name}.py defines no ABLATION = Ablation(...)")
+        if abl.name in found:
+            raise UserError(f"two ablation modules are named {abl.name!r}")
+        if abl.baseline not in abl.variants:
+            raise UserError(f"ablation {abl.name}: baseline {abl.baseline!r} is not one of its variants")
+        found[abl.name] = abl
+    return found
+
+
+def select(names: list[str]) -> list[Ablation]:
+    """Ablations by name ('all' for every one); unknown names suggest the nearest ones."""
+    registry = load_all()
+    if not names or names == ["all"]:
+        return list(registry.values())
+    out = []
+    for name in names:
+        if name not in registry:
+            near = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; known: {', '.join(registry)}"
+            raise UserError(f"unknown ablation {name!r}{hint}")
+        out.append(registry[name])
+    return out
+
+
+def ladder(key: str, pairs) -> dict:
+    """Small-preset variants from (our value, paper label) pairs of one setting."""
+    return {str(ours): (paper, {key: ours}) for ours, paper in pairs}
+
+
+__all__ = ["Ablation", "load_all", "select", "ladder", "field"]
