@@ -1,0 +1,189 @@
+"""`compare NEW --baseline BASE`: per-metric differences between two sets of runs with their seed
+spread and how surprising the difference is (Welch's t-test, and a bootstrap confidence interval
+of the difference of means).
+
+NEW and BASE are each an ablation (NEW: every variant, BASE: its baseline variant), one variant
+`ablation/variant` (over its seeds), or a run id (one run: its own numbers and, for a pretraining
+run, those of its evaluations).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.errors import UserError
+from core.report.collect import METRICS, PROTOCOL_METRIC, Results
+from core.report.render import _md_row
+from core.report.tables import METRIC_ORDER
+
+BOOTSTRAP_SAMPLES = 10_000
+LEVEL = 0.95
+
+
+@dataclass
+class Group:
+    label: str
+    values: dict  # metric -> finished values, one per seed
+
+
+def resolve(spec: str, res: Results, role: str) -> list[Group]:
+    if "/" in spec:
+        name, variant = spec.split("/", 1)
+        abl = _ablation(name, res, spec)
+        ours = abl.variants_for(res.preset)
+        if variant not in ours:  # a paper label names our variant that stands in for it
+            mapped = [lab for lab, (p, _) in ours.items() if p == variant]
+            if len(mapped) != 1:
+                near = difflib.get_close_matches(variant, list(ours), n=3, cutoff=0.3)
+                raise UserError(f"ablation {name} has no variant {variant!r} at preset {res.preset}; "
+                                f"variants: {', '.join(near or ours)}")
+            variant = mapped[0]
+        return [_variant_group(res, name, variant)]
+    if spec in res.ablations:
+        abl = res.ablations[spec]
+        if role == "baseline":
+            return [_variant_group(res, spec, abl.baseline_for(res.preset))]
+        return [_variant_group(res, spec, lab) for lab in abl.variants_for(res.preset)]
+    if spec in res.records:
+        return [_run_group(res, spec)]
+    known = list(res.ablations) + list(res.records)
+    near = difflib.get_close_matches(spec, known, n=3, cutoff=0.5)
+    raise UserError(f"{role} {spec!r} is not an ablation, ablation/variant or run id with a record in "
+                    f"{res.results_dir}/runs" + (f"; did you mean {', '.join(near)}?" if near else ""))
+
+
+def _ablation(name, res, spec):
+    if name not in res.ablations:
+        near = difflib.get_close_matches(name, list(res.ablations), n=3, cutoff=0.4)
+        raise UserError(f"{spec!r}: unknown ablation {name!r}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+    return res.ablations[name]
+
+
+def _variant_group(res: Results, name: str, variant: str) -> Group:
+    v = res.values
+    done = v[(v.ablation == name) & (v.variant == variant) & (v.state == "done") & v.value.notna()]
+    return Group(f"{name}/{variant}", {m: list(g.sort_values("seed").value) for m, g in done.groupby("metric")})
+
+
+def _run_group(res: Results, run_id: str) -> Group:
+    rec = res.records[run_id]
+    values = {}
+    if rec.get("status") == "done":
+        values.update(_record_metrics(rec))
+    if rec.get("kind") == "pretrain":  # and the evaluations of this pretraining run
+        for other in res.records.values():
+            if other.get("parent") == run_id and other.get("status") == "done":
+                values.update(_record_metrics(other))
+    return Group(run_id, values)
+
+
+def _record_metrics(rec) -> dict:
+    m = rec.get("metrics") or {}
+    if rec.get("kind") == "pretrain":
+        out = {"final_loss": m.get("final_loss"), "flops": rec.get("flops_per_image")}
+        if rec.get("wall_time_s") is not None:
+            out["hours"] = rec["wall_time_s"] / 3600
+    else:
+        out = {PROTOCOL_METRIC.get(rec.get("kind"), f"{rec.get('kind')}_top1"): m.get("top1")}
+    return {k: [float(v)] for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def welch(a, b):
+    """(t, degrees of freedom, two-sided p) of Welch's unequal-variance t-test, or None when a side
+    has one value or neither side varies."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return None
+    with warnings.catch_warnings():  # one side without spread (3 equal seeds) is fine for Welch's test
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = stats.ttest_ind(a, b, equal_var=False)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch-Satterthwaite
+    return float(r.statistic), float(df), float(r.pvalue)
+
+
+def bootstrap_ci(a, b, samples: int = BOOTSTRAP_SAMPLES, level: float = LEVEL, seed: int = 0):
+    """Percentile interval of mean(a*) - mean(b*) over resamples of each side with replacement
+    (a fixed seed: the same records give the same interval). None when a side has one value."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    da = a[rng.integers(0, len(a), (samples, len(a)))].mean(axis=1)
+    db = b[rng.integers(0, len(b), (samples, len(b)))].mean(axis=1)
+    lo, hi = np.quantile(da - db, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def compare(res: Results, new: str, baseline: str | None = None, metrics=None) -> pd.DataFrame:
+    """One row per (new group, metric): both sides' mean, std and n, the difference and its tests."""
+    new_groups = resolve(new, res, "new")
+    if baseline is None:
+        name = new.split("/")[0]
+        if name not in res.ablations:
+            raise UserError(f"--baseline is required when comparing {new!r} (not an ablation)")
+        baseline = name
+    (base,) = resolve(baseline, res, "baseline")
+    new_groups = [g for g in new_groups if g.label != base.label] or new_groups
+    known = set(METRICS)
+    for m in metrics or ():
+        if m not in known:
+            raise UserError(f"unknown metric {m!r}; choose from: {', '.join(sorted(known))}")
+    rows = []
+    for g in new_groups:
+        shared = [m for m in (*METRIC_ORDER, "final_loss") if m in g.values and m in base.values]
+        for m in (metrics or shared):
+            a, b = g.values.get(m, []), base.values.get(m, [])
+            row = dict(new=g.label, baseline=base.label, metric=m, n_new=len(a), mean_new=_mean(a), std_new=_std(a),
+                       n_base=len(b), mean_base=_mean(b), std_base=_std(b))
+            row["delta"] = row["mean_new"] - row["mean_base"]
+            w, ci = welch(a, b), bootstrap_ci(a, b)
+            row.update(t=w[0] if w else math.nan, df=w[1] if w else math.nan, p=w[2] if w else math.nan,
+                       ci_low=ci[0] if ci else math.nan, ci_high=ci[1] if ci else math.nan)
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{new} and {baseline} share no metric with finished runs"
+                        + (f" among {', '.join(metrics)}" if metrics else "") + " yet; see python run_all.py status")
+    return pd.DataFrame(rows)
+
+
+def _mean(v):
+    return float(np.mean(v)) if len(v) else math.nan
+
+
+def _std(v):
+    return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+
+
+def to_markdown(df: pd.DataFrame, preset: str) -> str:
+    header = ["new", "baseline", "metric", "new: mean ± std (n)", "baseline: mean ± std (n)", "Δ (new − baseline)",
+              "Welch's t-test", f"{LEVEL:.0%} bootstrap CI of Δ"]
+    lines = [f"### Comparison at preset {preset}", "", _md_row(header), _md_row(["---"] * 3 + ["---:"] * 5)]
+    for r in df.itertuples():
+        fmt = METRICS.get(r.metric, (r.metric, r.metric, ".3g"))[2]
+        n = min(r.n_new, r.n_base)
+        why = "n/a (no finished run)" if n == 0 else "n/a (1 seed)" if n == 1 else "n/a (no spread)"
+        test = f"t = {r.t:.2f}, df = {r.df:.1f}, p = {r.p:.3g}" if not math.isnan(r.t) else why
+        ci = f"[{r.ci_low:+{fmt}}, {r.ci_high:+{fmt}}]" if not math.isnan(r.ci_low) else why
+        delta = f"{r.delta:+{fmt}}" if not math.isnan(r.delta) else "—"
+        lines.append(_md_row([r.new, r.baseline, r.metric, _side(r.mean_new, r.std_new, r.n_new, fmt),
+                              _side(r.mean_base, r.std_base, r.n_base, fmt), delta, test, ci]))
+    lines += ["", "- std: sample standard deviation over seeds; Welch's t-test: two-sided, unequal variances; "
+              f"bootstrap: {BOOTSTRAP_SAMPLES} resamples of each side's seeds, percentile interval, seed 0",
+              "- with one seed on either side there is no spread to test: run more with --seeds N"]
+    return "\n".join(lines) + "\n"
+
+
+def _side(mean, std, n, fmt) -> str:
+    if not n:
+        return "— (no finished run)"
+    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if n > 1 else "") + f" (n={n})"

@@ -1,0 +1,126 @@
+"""`compare NEW --baseline BASE`: deltas, seed spread and significance checked against numbers
+computed by hand; one seed says so; bad names are one-line errors."""
+import math
+
+import pytest
+
+from core.ablation import select
+from core.errors import UserError
+from core.report.collect import collect
+from core.report.compare import bootstrap_ci, compare, resolve, to_markdown, welch
+from core.sweep import make_plan
+from tests.test_tables import write_sweep
+
+# per-seed linear-probe accuracies: the new variant and the baseline
+NEW = {0: 1.0, 1: 2.0, 2: 3.0}
+BASE = {0: 2.0, 1: 4.0, 2: 6.0}
+
+
+def test_welch_matches_the_formula():
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0, 8.0]
+    # by hand: means 2 and 5, variances 1 and 20/3; se^2 = 1/3 + 5/3 = 2
+    t_hand = (2 - 5) / math.sqrt(2)  # -2.1213
+    df_hand = 2 ** 2 / ((1 / 3) ** 2 / 2 + (5 / 3) ** 2 / 3)  # Welch-Satterthwaite: 4.0755
+    t, df, p = welch(a, b)
+    assert t == pytest.approx(t_hand) and df == pytest.approx(df_hand) and df == pytest.approx(4.0755, abs=1e-4)
+    from scipy import stats
+    assert p == pytest.approx(2 * stats.t.sf(abs(t_hand), df_hand))
+    assert 0.09 < p < 0.11
+    assert welch([1.0], [2.0, 3.0]) is None and welch([1.0, 1.0], [2.0, 2.0]) is None
+
+
+def test_bootstrap_interval():
+    assert bootstrap_ci([1.0, 1.0], [0.0, 0.0]) == (1.0, 1.0)  # no spread: the interval is the difference
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]
+    lo, hi = bootstrap_ci(a, b)
+    assert bootstrap_ci(a, b) == (lo, hi)  # seeded: the same records give the same interval
+    assert min(a) - max(b) <= lo < -2.0 < hi <= max(a) - min(b)  # brackets the observed -2
+    assert bootstrap_ci([1.0], b) is None
+
+
+@pytest.fixture(scope="module")
+def res(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    overrides = [f"run.results_dir={tmp / 'results'}", f"run.work_dir={tmp / 'work'}"]
+    plan = make_plan(select(["mask_ratio", "decoder_depth"]), "tiny", 3, overrides)
+
+    def value(cell, protocol):
+        if cell.ablation == "mask_ratio" and cell.variant == "0.5":
+            return NEW[cell.seed] + (10 if protocol == "knn" else 0)
+        if cell.variant in ("0.75", "2"):  # the shared baseline run (decoder_depth's tiny baseline is 2)
+            return BASE[cell.seed] + (10 if protocol == "knn" else 0)
+        return 50.0
+    # mask_ratio/0.9: seed 0 only
+    write_sweep(str(tmp / "results"), plan, value=value, skip={("mask_ratio", "0.9", 1), ("mask_ratio", "0.9", 2)})
+    return collect("tiny", 3, overrides, ["mask_ratio", "decoder_depth"]), overrides
+
+
+def test_compare_variant_with_baseline(res):
+    r, _ = res
+    df = compare(r, "mask_ratio/0.5", "mask_ratio", ["linprobe_top1", "knn_top1"])
+    lin = df[df.metric == "linprobe_top1"].iloc[0]
+    assert lin.baseline == "mask_ratio/0.75"
+    assert (lin.mean_new, lin.mean_base, lin.delta) == pytest.approx((2.0, 4.0, -2.0))
+    assert (lin.std_new, lin.std_base) == pytest.approx((1.0, 2.0))
+    # by hand: se^2 = 1/3 + 4/3 = 5/3, t = -2 / sqrt(5/3), df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2)
+    t = -2 / math.sqrt(5 / 3)
+    dof = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)
+    assert lin.t == pytest.approx(t) and lin.df == pytest.approx(dof)
+    from scipy import stats
+    assert lin.p == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert lin.ci_low < -2.0 < lin.ci_high
+    md = to_markdown(df, "tiny")
+    assert f"t = {t:.2f}, df = {dof:.1f}, p = {lin.p:.3g}" in md
+    assert "| mask_ratio/0.5 | mask_ratio/0.75 | linprobe_top1 | 2.00 ± 1.00 (n=3) | 4.00 ± 2.00 (n=3) | -2.00 |" in md
+
+
+def test_one_seed_says_so(res):
+    r, _ = res
+    df = compare(r, "mask_ratio/0.9", "mask_ratio/0.75", ["linprobe_top1"])
+    assert df.iloc[0].n_new == 1 and math.isnan(df.iloc[0].p)
+    assert "n/a (1 seed)" in to_markdown(df, "tiny")
+
+
+def test_ablation_against_its_baseline_and_another_ablation(res):
+    r, _ = res
+    df = compare(r, "mask_ratio")  # every variant against its own baseline, which is left out
+    assert set(df.new) == {"mask_ratio/0.1", "mask_ratio/0.3", "mask_ratio/0.5", "mask_ratio/0.9"}
+    assert set(df.metric) >= {"linprobe_top1", "knn_top1", "final_loss", "hours"}
+    # another ablation's baseline (the same shared run at tiny), and a paper label for our variant
+    d2 = compare(r, "mask_ratio/0.5", "decoder_depth/2", ["knn_top1"]).iloc[0]
+    assert d2.delta == pytest.approx(-2.0) and d2.mean_base == pytest.approx(14.0)
+    assert resolve("decoder_depth/8", r, "new")[0].label == "decoder_depth/8"
+
+
+def test_run_ids(res):
+    r, _ = res
+    cell = next(c for c in r.plan.cells if c.ablation == "mask_ratio" and c.variant == "0.5" and c.seed == 1)
+    df = compare(r, cell.pretrain_id, "mask_ratio", ["linprobe_top1"]).iloc[0]
+    assert df.new == cell.pretrain_id and df.n_new == 1 and df.mean_new == 2.0 and df.delta == -2.0
+    eid = cell.eval_ids["knn"]
+    assert compare(r, eid, "mask_ratio").iloc[0].metric == "knn_top1"
+
+
+def test_bad_names_are_one_line_errors(res, capsys):
+    r, overrides = res
+    with pytest.raises(UserError, match="did you mean mask_ratio"):
+        compare(r, "mask_rato", "mask_ratio")
+    with pytest.raises(UserError, match="has no variant '0.33'"):
+        compare(r, "mask_ratio/0.33", "mask_ratio")
+    with pytest.raises(UserError, match="unknown metric 'top1'"):
+        compare(r, "mask_ratio/0.5", "mask_ratio", ["top1"])
+    import run_all
+    assert run_all.main(["compare", "nothing-here", "--baseline", "mask_ratio", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: new 'nothing-here' is not an ablation")
+
+
+def test_cli_prints_and_writes(res, tmp_path, capsys):
+    import run_all
+    _, overrides = res
+    out = tmp_path / "cmp.md"
+    # options before and after NEW, overrides last: argparse leaves them over, main() takes them in
+    assert run_all.main(["compare", "--seeds", "3", "mask_ratio/0.5", "--baseline", "mask_ratio", "--metric",
+                         "linprobe_top1", "--out", str(out), *overrides]) == 0
+    text = capsys.readouterr().out
+    assert "| mask_ratio/0.5 | mask_ratio/0.75 | linprobe_top1 |" in text and out.read_text() in text
