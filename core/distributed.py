@@ -1,5 +1,8 @@
-"""Process-group set-up from the launcher's environment (torchrun or submitit set RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). A single process needs none of it."""
+"""Process-group set-up from the launcher's environment. torchrun sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT itself; inside a submitit job (SLURM or the local
+executor) `export_launcher_env()` derives the same variables from submitit's JobEnvironment first,
+so `init()` reads one set of variables whoever launched the process. A single process needs none.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -21,15 +26,56 @@ class DistInfo:
 
 
 def from_env() -> DistInfo:
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    raw = [os.environ.get(n, d) for n, d in zip(names, ("0", "1", "0"))]
+    try:
+        info = DistInfo(*(int(v) for v in raw))
+    except ValueError:
+        raise UserError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got {', '.join(raw)}") from None
+    if info.world < 1 or not 0 <= info.rank < info.world or info.local_rank < 0:
+        raise UserError(f"RANK={info.rank}, WORLD_SIZE={info.world}, LOCAL_RANK={info.local_rank}: need "
+                        f"0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
+    return info
+
+
+def master_port(job_id: str) -> int:
+    """A port per job, so that jobs sharing a node (array tasks) do not collide: 20000-39999."""
+    digits = "".join(c for c in str(job_id) if c.isdigit())
+    return 20_000 + int(digits or 0) % 20_000
+
+
+def submitit_env(job_env=None) -> dict[str, str]:
+    """torchrun's variables for this task of a submitit job: rank, local rank and world size from
+    submitit's JobEnvironment, the master on the job's first node."""
+    if job_env is None:
+        import submitit
+        job_env = submitit.JobEnvironment()
+    nodes = max(job_env.num_nodes, 1)
+    # one node: loopback, which resolves everywhere; several: the first host of the allocation
+    addr = "127.0.0.1" if nodes == 1 else job_env.hostnames[0]
+    return {"RANK": str(job_env.global_rank), "LOCAL_RANK": str(job_env.local_rank),
+            "WORLD_SIZE": str(job_env.num_tasks), "LOCAL_WORLD_SIZE": str(job_env.num_tasks // nodes),
+            "MASTER_ADDR": addr, "MASTER_PORT": str(master_port(job_env.raw_job_id))}
+
+
+def export_launcher_env(job_env=None) -> DistInfo:
+    """Inside a submitit job: set the variables init() reads. torchrun's, when it launched this
+    process inside the job (RANK and WORLD_SIZE already set), win."""
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        os.environ.update(submitit_env(job_env))
+    return from_env()
 
 
 def init(device: torch.device) -> DistInfo:
     info = from_env()
     if info.world > 1 and not dist.is_initialized():
+        missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={info.world} but {' and '.join(missing)} not set: launch with torchrun "
+                            f"or through run_all.py submit")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # NCCL between GPUs, gloo between CPU processes
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                 rank=info.rank, world_size=info.world)
     return info
