@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
-        print(f"error: {message} (see: python run_all.py {self.prog.split()[-1]} --help)"
+        print(f"error: {message} (see: python run_all.py {' '.join(self.prog.split()[1:])} --help)"
               if " " in self.prog else f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -41,6 +41,213 @@ def cmd_pretrain(args):
     print(f"checkpoint: {rec.get('last_checkpoint') or ckpt_dir(cfg)}")
 
 
+def cmd_tokenizer(args):
+    from core.config import build_config
+    from core.targets.dvae import tokenizer_job
+
+    cfg = build_config(args.preset, args.overrides)
+    rec = tokenizer_job(cfg, progress=not args.quiet)
+    m = rec["metrics"]
+    print(f"tokenizer {rec['run_id']}: {m['codes_used']} of {m['vocab']} codes used, perplexity {m['perplexity']:.1f}, "
+          f"reconstruction MSE {m['recon_mse']:.4f} ({m['eval_images']} {m['eval_split']} images), "
+          f"trained in {rec['wall_time_s']:.1f} s")
+    print(f"record: {os.path.join(cfg.run.results_dir, 'runs', rec['run_id'] + '.json')}")
+    print(f"weights: {rec['weights']}")
+
+
+def cmd_data_beton(args):
+    from core.ffcv_data import convert
+
+    for path, info in convert(args.src, args.out, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
+                              compress_prob=args.compress_prob, workers=args.workers,
+                              on_corrupt=args.on_corrupt).items():
+        print(f"wrote {path}: {info['num_samples'] - len(info['skipped'])} images, {len(info['classes'])} classes, "
+              f"{len(info['skipped'])} unreadable skipped, {os.path.getsize(path) / 2**20:.1f} MiB, "
+              f"{info['seconds']:.1f} s")
+
+
+def cmd_eval(args):
+    from core.config import build_config
+    from core.eval import evaluate, scratch
+
+    cfg = build_config(args.preset, args.overrides)
+    if args.protocol == "scratch":
+        rec = scratch(cfg, progress=not args.quiet)
+    else:
+        rec = evaluate(cfg, args.protocol, run_id=args.run, init=args.init, progress=not args.quiet)
+    m = rec.get("metrics", {})
+    print(f"{rec['kind']} {rec['run_id']} of {rec['parent'] or 'a random init'}: {rec['status']}, "
+          f"top-1 {m.get('top1', float('nan')):.2f}%, top-5 {m.get('top5', float('nan')):.2f}%, "
+          f"{rec.get('wall_time_s', 0):.1f} s")
+    print(f"record: {os.path.join(cfg.run.results_dir, 'runs', rec['run_id'] + '.json')}")
+
+
+def split_targets(items):
+    """Positional words are ablation names; words with '=' are config overrides."""
+    names = [i for i in items if "=" not in i]
+    return names, [i for i in items if "=" in i]
+
+
+def cmd_list(args):
+    from core.ablation import load_all
+
+    rows = [(a.name, a.source, a.title, len(a.variants), len(a.variants_for(args.preset)),
+             "+".join(a.evals_for(args.preset))) for a in load_all().values()]
+    print(f"{'ablation':<18} {'paper':<9} {'variants':>8} {args.preset + ' variants':>14}  {'evaluations':<18} title")
+    for name, src, title, n, n_small, evals in rows:
+        print(f"{name:<18} {src:<9} {n:>8} {n_small:>14}  {evals:<18} {title}")
+
+
+def _plan(args):
+    from core.ablation import select
+    from core.sweep import make_plan
+
+    names, overrides = split_targets(args.targets)
+    return make_plan(select(names), args.preset, args.seeds, overrides), overrides
+
+
+def cmd_run(args):
+    from core.config import build_config
+    from core.sweep import run_plan
+
+    plan, overrides = _plan(args)
+    cfg = build_config(args.preset, overrides)
+    print(f"{len(plan.pretrains)} pretraining runs and {len(plan.evals)} evaluations for "
+          f"{len({c.ablation for c in plan.cells})} ablations at preset {args.preset}; records in "
+          f"{os.path.join(cfg.run.results_dir, 'runs')}")
+    status = run_plan(plan, progress=not args.quiet)
+    failed = [rid for rid, st in status.items() if st != "done"]
+    print(f"{len(status) - len(failed)} of {len(status)} runs done" +
+          (f"; not done: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise SystemExit(1)
+
+
+def cmd_status(args):
+    from core.config import build_config
+    from core.sweep import STATES, sweep_status
+
+    plan, overrides = _plan(args)
+    cfg = build_config(args.preset, overrides)
+    rows = sweep_status(plan, cfg.run.results_dir)
+    print(f"{'ablation':<18} " + " ".join(f"{s:>11}" for s in STATES) + f" {'unavailable':>11}")
+    for r in rows:
+        print(f"{r['ablation']:<18} " + " ".join(f"{r[s]:>11}" for s in STATES) + f" {r['unavailable']:>11}")
+    for r in rows:
+        for reason in r["reasons"]:
+            print(f"  failed {r['ablation']}: {reason}")
+        for reason in r["unavailable_reasons"]:
+            print(f"  unavailable {r['ablation']}/{reason}")
+    from core.submit import status_lines
+    for line in status_lines(plan, cfg):  # SLURM states of the jobs `submit` started
+        print(line)
+
+
+def cmd_submit(args):
+    from core.submit import flag_overrides, submit
+
+    names, overrides = split_targets(args.targets)
+    submit(names, args.preset, args.seeds, overrides + flag_overrides(args), dry_run=args.dry_run)
+
+
+def cmd_cancel(args):
+    from core.config import build_config
+    from core.submit import cancel
+
+    plan, overrides = _plan(args)
+    cancel(split_targets(args.targets)[0], plan, build_config(args.preset, overrides))
+
+
+def _results(args):
+    """Every record of the sweep named by args (ablations, preset, overrides), over its seeds."""
+    from core.report.collect import collect
+
+    names, overrides = split_targets(getattr(args, "targets", []))
+    return collect(args.preset, args.seeds, overrides, names)
+
+
+def cmd_tables(args):
+    from core.report.render import write_tables
+    from core.report.report import run_counts
+    from core.report.tables import build_tables
+
+    res = _results(args)
+    tables = build_tables(res)
+    out = args.out or os.path.join(res.results_dir, "tables", args.preset)
+    write_tables(tables, out)
+    counts = run_counts(res)
+    print(f"{len(tables)} tables (md, tex, csv) in {out}; runs of this sweep: "
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def cmd_plots(args):
+    from core.report.tables import build_tables
+    from plots.draw import draw_all
+    from plots.style import DEFAULT_OUT
+
+    res = _results(args)
+    out = args.out or os.path.join(DEFAULT_OUT, args.preset)
+    items = draw_all(res, build_tables(res), out, runs=args.reconstruct)
+    print(f"{sum(1 for i in items if i['paths'])} figures (png, pdf) in {out}")
+
+
+def cmd_compare(args):
+    from core.report.collect import collect
+    from core.report.compare import compare, to_markdown
+    from core.report.render import _write
+
+    res = collect(args.preset, args.seeds, args.overrides)
+    text = to_markdown(compare(res, args.new, args.baseline, args.metric), args.preset)
+    print(text, end="")
+    if args.out:
+        print(f"written to {_write(args.out, text)}")
+
+
+def cmd_report(args):
+    from core.report.report import report_dir, write_report
+    from core.report.tables import build_tables
+    from plots.draw import draw_all
+
+    res = _results(args)
+    tables = build_tables(res)
+    out = args.out or report_dir(res.results_dir, args.preset)
+    figures = draw_all(res, tables, os.path.join(out, "figures"))
+    print(f"report: {write_report(res, tables, figures, out, os.path.join(res.results_dir, 'tables', args.preset))}")
+
+
+def cmd_demo(args):
+    """Every ablation at a small preset, then its tables, figures and report: what `make demo` runs."""
+    import time
+
+    t0 = time.perf_counter()
+    names, overrides = split_targets(args.overrides)
+    ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=(names or ["all"]) + overrides,
+                            quiet=args.quiet, out=None, reconstruct=None)
+    failed = None
+    try:
+        cmd_run(ns)
+    except SystemExit as e:  # some runs failed: still show what finished, then exit non-zero
+        failed = e.code
+    t_runs = time.perf_counter() - t0
+    cmd_tables(ns)
+    cmd_plots(ns)
+    cmd_report(ns)
+    cmd_status(ns)
+    print(f"demo: {(time.perf_counter() - t0) / 60:.1f} min ({t_runs / 60:.1f} min of training and evaluation)")
+    if failed:
+        raise SystemExit(failed)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="run_all.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -49,11 +256,125 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("tokenizer", help="train (or find) the dvae_token target's tokenizer (docs/targets.md)")
+    add_config_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("data", help="dataset conversion (FFCV .beton files, docs/ffcv.md)")
+    tools = p.add_subparsers(dest="tool", required=True, parser_class=Parser, metavar="TOOL")
+    q = tools.add_parser("beton", help="convert an ImageFolder (SRC/train, SRC/val -> OUT/train.beton, "
+                         "OUT/val.beton; or one class-folder tree -> OUT.beton)")
+    q.add_argument("src", metavar="SRC_DIR")
+    q.add_argument("out", metavar="OUT", help="a folder, or a file ending in .beton")
+    q.add_argument("--max-res", type=positive_int, default=256, help="longer side cap in pixels (default 256)")
+    q.add_argument("--jpeg-quality", type=positive_int, default=90, help="JPEG quality 1-100 (default 90)")
+    q.add_argument("--compress-prob", type=float, default=0.5, help="fraction stored as JPEG, the rest raw (0.5)")
+    q.add_argument("--workers", type=positive_int, default=None, help="writer processes (default: all cores)")
+    q.add_argument("--on-corrupt", choices=("skip", "error"), default="skip",
+                   help="an unreadable image: skip it (listed in OUT.json) or stop naming it")
+    q.set_defaults(func=cmd_data_beton)
+
+    p = sub.add_parser("eval", help="evaluate a pretraining run (or a checkpoint file); or train the scratch baseline")
+    protocols = p.add_subparsers(dest="protocol", required=True, parser_class=Parser, metavar="PROTOCOL")
+    for name, text in (("linprobe", "linear probe on frozen features"), ("finetune", "end-to-end fine-tuning"),
+                       ("partial", "fine-tune the last eval.finetune.blocks blocks"),
+                       ("knn", "k-nearest-neighbour classification on frozen features"),
+                       ("scratch", "the supervised baseline from random initialisation")):
+        q = protocols.add_parser(name, help=text)
+        if name != "scratch":
+            q.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
+            q.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
+        add_config_args(q)
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        q.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="run every ablation (or those named) at a small preset, then write tables, "
+                       "figures and the report")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("overrides", nargs="*", metavar="ABLATION|key=value")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="list the ablations with their paper source and variant counts")
+    p.add_argument("--preset", default="tiny")
+    p.set_defaults(func=cmd_list)
+
+    for name, func, text in (("run", cmd_run, "run ablation sweeps locally: pretraining, then evaluations"),
+                             ("status", cmd_status, "per ablation: runs done, running, failed, pending")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--preset", default="tiny")
+        p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
+        p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
+        if name == "run":
+            p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("submit", help="submit ablation sweeps as cluster job arrays (docs/cluster.md)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
+    p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
+    p.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"),
+                   help="auto: slurm when sbatch is on PATH, else local processes")
+    p.add_argument("--dry-run", action="store_true", help="print every job, its sbatch settings and GPU-hours; "
+                   "submit nothing")
+    for flag in ("partition", "account", "qos", "constraint", "mem", "time", "job-dir"):
+        p.add_argument(f"--{flag}", help=f"cluster.{flag.replace('-', '_')}")
+    for flag in ("nodes", "gpus-per-node", "tasks-per-node", "cpus-per-task", "array-parallelism", "signal-delay"):
+        p.add_argument(f"--{flag}", type=int, help="cluster." + flag.replace("-", "_").replace("delay", "delay_s"))
+    p.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="any other sbatch option (repeatable)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("cancel", help="cancel the cluster jobs of ablations (or all)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seeds", type=positive_int, default=1)
+    p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
+    p.set_defaults(func=cmd_cancel)
+
+    for name, func, text in (("tables", cmd_tables, "the paper's tables and figure data, ours joined with the paper's "
+                              "(results/tables/<preset>/)"),
+                             ("plots", cmd_plots, "figures: curves, Table 2, loss curves, reconstructions, masks "
+                              "(plots/out/<preset>/)"),
+                             ("report", cmd_report, "one Markdown report with every table and figure "
+                              "(results/report/<preset>/report.md)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--preset", default="tiny")
+        p.add_argument("--seeds", type=positive_int, default=1,
+                       help="expect seeds 0 .. N-1 (more are shown once their records exist)")
+        p.add_argument("--out", help="output folder")
+        p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
+        if name == "plots":
+            p.add_argument("--reconstruct", action="append", metavar="RUN_ID",
+                           help="pretraining run to reconstruct images with (repeatable; default: the target "
+                                "ablation's finished runs)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("compare", help="a new ablation, variant or run against a baseline: deltas, seed spread, "
+                       "Welch's t-test, bootstrap CI")
+    p.add_argument("new", metavar="NEW", help="ablation, ablation/variant or run id")
+    p.add_argument("--baseline", metavar="BASE", help="ablation (its baseline variant), ablation/variant or run id; "
+                   "default: NEW's own ablation baseline")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seeds", type=positive_int, default=1)
+    p.add_argument("--metric", action="append", help="only this metric (repeatable), e.g. linprobe_top1")
+    p.add_argument("--out", help="also write the Markdown table to this file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling positionals at the first option: `compare X --baseline Y key=value`
+    # leaves key=value over; such words join the command's overrides, anything else is an error
+    spill = next((n for n in ("overrides", "targets") if isinstance(getattr(args, n, None), list)), None)
+    if extra and (spill is None or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, spill).extend(extra)
     from core.errors import Preempted, TrainingFailed, UserError
 
     try:

@@ -14,7 +14,7 @@ import torch
 from core import results, submit
 from core.cluster_job import ClusterJob
 from core.config import build_config
-from core.errors import ConfigError
+from core.errors import ConfigError, UserError
 from core.sweep import Plan, Unit
 from tests.conftest import FAST
 
@@ -382,3 +382,21 @@ def test_cancel_keeps_jobs_other_ablations_share(slurm_cluster, tmp_path):
     assert submit.cancel(["all"], plan, own, log=lines.append) == [array.job_ids[1]]
     wait_for("both cancelled", lambda: set(states().values()) == {"CANCELLED"}, 30, [own])
     assert "\n".join(submit.status_lines(plan, own)).count("CANCELLED") == 2
+
+
+def test_dry_run_without_a_reachable_controller_still_prints_the_plan(monkeypatch):
+    """sbatch installed but no cluster configured (a laptop with the Debian package): a dry run notes
+    that SLURM could not check the settings and goes on; a real submission refuses."""
+    no_cluster = "sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host\n" \
+                 "sbatch: fatal: Could not establish a configuration source\n"
+    monkeypatch.setattr(submit.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a[0], 1, "", no_cluster))
+    notes = []
+    submit.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)
+    assert len(notes) == 1 and "settings are not checked" in notes[0]
+    with pytest.raises(UserError, match="SLURM rejects the job settings: .*configuration source"):
+        submit.preflight("#!/bin/bash\n")
+    refused = "sbatch: error: invalid partition specified: nope\n"
+    monkeypatch.setattr(submit.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a[0], 1, "", refused))
+    with pytest.raises(UserError, match="invalid partition specified: nope"):  # a real refusal, even dry
+        submit.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)

@@ -157,3 +157,20 @@ def test_interrupted_sweep_continues_where_it_stopped(dirs, monkeypatch):
     assert results.read_record(cfg.run.results_dir, second_id)["resumed_from"]  # resumed, not restarted
     rows = {r["ablation"]: r for r in sweep_status(plan, cfg.run.results_dir)}
     assert rows["mask_token"]["done"] == 6 and rows["mask_token"]["pending"] == 0
+
+
+def test_demo_runs_the_named_ablations_then_writes_tables_figures_report_and_status(dirs, capsys, tmp_path,
+                                                                                   monkeypatch):
+    """`make demo` is `run_all.py demo --preset tiny` over every ablation; here over one, fast."""
+    import plots.style
+    import run_all
+    monkeypatch.setattr(plots.style, "DEFAULT_OUT", str(tmp_path / "figures"))  # not the checkout's plots/out
+    assert run_all.main(["demo", "mask_token", "--quiet", *FAST, *dirs, *EVAL_FAST]) == 0
+    out = capsys.readouterr().out
+    results_dir = tmp_path / "results"
+    assert "6 of 6 runs done" in out and "report: " in out and "demo: " in out
+    assert (results_dir / "tables" / "tiny" / "table1c.md").stat().st_size > 0
+    assert (results_dir / "report" / "tiny" / "report.md").read_text().count("Table 1c") >= 1
+    assert (tmp_path / "figures" / "tiny" / "loss_mask_token.png").stat().st_size > 0
+    status = [line for line in out.splitlines() if line.startswith("mask_token ")]
+    assert status and status[0].split()[1:3] == ["6", "0"]  # done, running
