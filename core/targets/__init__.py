@@ -6,6 +6,8 @@ prediction head must be, and scores predictions on the masked patches. Add one b
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -89,6 +91,18 @@ TARGETS: dict[str, type[Target]] = {t.name: t for t in (PixelTarget, NormPixelTa
 
 def build_target(model_cfg, data_cfg) -> Target:
     return TARGETS[model_cfg.target](model_cfg, data_cfg)
+
+
+def load_cached(path: str, key: dict) -> dict | None:
+    """A fitted artefact (PCA basis, tokenizer) cached at `path`, if it loads and was made for `key`;
+    else None, and the caller fits it again: a damaged or stale cache file is never trusted."""
+    if not os.path.exists(path):
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for damaged files
+        return None
+    return blob if isinstance(blob, dict) and blob.get("key") == key else None
 
 
 def cross_entropy_patch_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from core.checkpoint import atomic_write
 from core.config import config_hash
 from core.data import EpochLoader, Transformed, build_dataset, collate_skipping, eval_transform, pretrain_transform
 from core.errors import DataError, TrainingFailed, UserError
-from core.targets import Target, cross_entropy_patch_loss
+from core.targets import Target, cross_entropy_patch_loss, load_cached
 from core.targets.pca import dataset_identity
 
 DOWN = 8  # tokenizer downsampling: one token per DOWN x DOWN pixels of its view
@@ -205,23 +205,13 @@ def evaluate_tokenizer(model: DVAE, train_set, model_cfg, data_cfg, view: int, d
             "eval_images": len(keys)}
 
 
-def load_tokenizer_file(path: str, key: dict) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache file is retrained, never trusted
-        return None
-    return blob if isinstance(blob, dict) and blob.get("key") == key else None
-
-
 def prepare_tokenizer(dataset, model_cfg, data_cfg, patch: int, cache_dir: str, device,
                       results_dir: str | None = None, progress: bool = False) -> tuple[DVAE, dict]:
     """The tokenizer for this config: from the cache, else trained now and cached. Its record is
     written to `results_dir` (default: the cache folder) if not there yet."""
     key = tokenizer_key(model_cfg, data_cfg, dataset, patch)
     path = os.path.join(cache_dir, tokenizer_id(key) + ".pt")
-    blob = load_tokenizer_file(path, key)
+    blob = load_cached(path, key)
     if blob is None and int(os.environ.get("RANK", 0)) != 0:
         blob = _wait_for(path, key)  # rank 0 trains it; the others wait for its file
     if blob is None:
@@ -259,7 +249,7 @@ def tokenizer_job(cfg, progress: bool = True) -> dict:
 def _wait_for(path: str, key: dict, poll_s: float = 10.0) -> dict:
     print(f"waiting for rank 0 to train the tokenizer {path}", flush=True)
     while True:
-        blob = load_tokenizer_file(path, key)
+        blob = load_cached(path, key)
         if blob is not None:
             return blob
         time.sleep(poll_s)

@@ -19,7 +19,7 @@ from core.config import config_hash
 from core.data import Transformed, collate_skipping, pretrain_transform, sample_seed
 from core.errors import DataError
 from core.model import patchify
-from core.targets import Target
+from core.targets import Target, load_cached
 
 MIN_PATCHES_PER_IMAGE = 16  # on ImageNet: 100k patches from ~6k images rather than 100k decodes
 SEED = 0  # the basis belongs to the data, not to a run: runs of every pretrain.seed share it
@@ -97,7 +97,7 @@ class PCATarget(Target):
     def prepare(self, dataset, cache_dir, device, results_dir=None):
         key = self.cache_key(dataset)
         path = os.path.join(cache_dir, f"pca-{config_hash(key)}.pt")
-        basis = load_basis(path, key)
+        basis = load_cached(path, key)
         if basis is None:
             patches = sample_patches(dataset, self.data_cfg, self.model_cfg.img_size, self.patch_size,
                                      self.model_cfg.pca_samples, SEED, self.data_cfg.num_workers)
@@ -115,14 +115,3 @@ class PCATarget(Target):
 
     def to_pixels(self, pred, imgs):
         return pred.float() @ self.components.T + self.mean
-
-
-def load_basis(path: str, key: dict) -> dict | None:
-    """The cached basis if it exists, loads and was fitted for `key`; else None (refit)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        basis = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache file is refitted, never trusted
-        return None
-    return basis if isinstance(basis, dict) and basis.get("key") == key else None
