@@ -70,6 +70,8 @@ def test_run_id_is_stable_and_ignores_paths():
     assert a.run_id() != build_config("tiny", ["pretrain.seed=1"]).run_id()
     # evaluation settings do not change which pretraining run it is
     assert a.run_id() == build_config("tiny", ["eval.linprobe.epochs=3"]).run_id()
+    # the FFCV backend draws other crops from the same seed: other weights, another run
+    assert a.run_id() != build_config("tiny", ["data.backend=ffcv"]).run_id()
 
 
 def test_config_round_trips_through_a_plain_dict():
