@@ -258,9 +258,13 @@ class EpochLoader:
 
     @property
     def steps_per_epoch(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last:  # the same on every rank, though the first shards can hold one image more
+            return (self.sampler.n // self.world) // self.batch_size
+        return -(-len(self.sampler) // self.batch_size)
 
     def epoch(self, epoch: int, start_step: int = 0):
         self.sampler.set_epoch(epoch, start_step * self.batch_size)
-        return iter(self.loader)
+        # A DataLoader iterator draws its base seed from the global RNG, which drop path also uses:
+        # kept out of it, a run resumed mid-epoch draws the same drop-path masks as an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            return iter(self.loader)

@@ -16,10 +16,11 @@ from core import results
 from core.config import Config, config_from_dict, validate as validate_config
 from core.data import check_dataset_path
 from core.device import resolve_device, resolve_precision
-from core.errors import ConfigError, UserError
+from core.distributed import init as init_distributed
+from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
-from core.eval.common import (KINDS, PROTOCOLS, Record, check_protocol, encoder_state, eval_data, eval_run_id,
-                              load_init)
+from core.eval.common import (KINDS, PROTOCOLS, Record, Session, check_protocol, encoder_state, eval_data,
+                              eval_run_id, load_init, session)
 
 __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
 
@@ -91,16 +92,26 @@ RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,
 
 
 def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict) -> dict:
-    device = resolve_device(cfg.run.device)
+    from core.train import StopFlag
+
+    device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
     precision = resolve_precision(cfg.pretrain.precision, device)
     data = eval_data(cfg)  # a missing or damaged split is an error before anything is written
-    record = Record(cfg, eid, kind, parent, device, precision=precision, **extra)
-    record.write("running")
-    t0 = time.perf_counter()
-    try:
-        out = RUNNERS[kind](cfg, state, data, device, precision, progress)
-    except BaseException as e:  # recorded, then raised on: TrainingFailed, a bad batch size, Ctrl-C, a bug
-        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e) or type(e).__name__)
-        record.write("failed", reason=reason, wall_time_s=time.perf_counter() - t0)
-        raise
-    return record.write("done", finished_at=results.now(), wall_time_s=time.perf_counter() - t0, **out)
+    dist = init_distributed(device)  # torchrun or a cluster job: DDP over its processes
+    # kNN trains nothing: no checkpoints; the others save every epoch and at a stop signal
+    ckpt = None if kind == "knn" else os.path.join(cfg.run.work_dir, eid)
+    with StopFlag() as stop, session(Session(dist, stop, ckpt)):
+        record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, **extra)
+        record.write("running")
+        t0 = time.perf_counter()
+        try:
+            out = RUNNERS[kind](cfg, state, data, device, precision, progress)
+        except Preempted:  # saved; the same command (or the requeued job) resumes
+            record.write("preempted", reason=f"signal {stop.signum}", wall_time_s=time.perf_counter() - t0)
+            raise
+        except BaseException as e:  # recorded, then raised on: TrainingFailed, a bad batch size, Ctrl-C, a bug
+            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e) or type(e).__name__)
+            record.write("failed", reason=reason, wall_time_s=time.perf_counter() - t0)
+            raise
+        return record.write("done", finished_at=results.now(), wall_time_s=time.perf_counter() - t0,
+                            checkpoint_dir=os.path.abspath(ckpt) if ckpt else None, **out)

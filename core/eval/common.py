@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from core import checkpoint, results
 from core.config import Config, _plain, config_hash
 from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, sample_seed
 from core.device import autocast
-from core.errors import CheckpointError, ConfigError, DataError, TrainingFailed, UserError
+from core.distributed import DistInfo
+from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.model import ARCHS, ViTEncoder
 
 PROTOCOLS = ("linprobe", "finetune", "partial", "knn")
@@ -28,6 +30,50 @@ KINDS = PROTOCOLS + ("scratch",)
 # Images per forward pass of a frozen encoder and per validation batch: bounds memory (a linear
 # probe batch is 16384 images at the paper preset), changes no result.
 CHUNK = 256
+
+
+# --------------------------------------------------------------------------- the session
+
+@dataclass
+class Session:
+    """Where an evaluation runs: its processes (DDP when launched by torchrun or a cluster job),
+    the stop flag that SIGTERM/SIGUSR1/USR2 set, and the folder of its checkpoints."""
+    dist: DistInfo = DistInfo()
+    stop: object = None  # core.train.StopFlag; None: never stops early
+    ckpt_dir: str | None = None  # None: no checkpoints (nothing to resume)
+
+    def stopping(self, device) -> bool:
+        """Every rank stops at the same step (one tiny all-reduce per step with several processes)."""
+        asked = bool(self.stop)
+        if self.dist.world == 1:
+            return asked
+        flag = torch.tensor(float(asked), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+_SESSION = [Session()]
+
+
+@contextlib.contextmanager
+def session(s: Session):
+    """Run the protocols of one evaluation inside session `s` (core.eval._run)."""
+    _SESSION.append(s)
+    try:
+        yield s
+    finally:
+        _SESSION.pop()
+
+
+def current() -> Session:
+    return _SESSION[-1]
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum over every rank (a no-op in one process)."""
+    if current().dist.world > 1:
+        torch.distributed.all_reduce(t)
+    return t
 
 
 # --------------------------------------------------------------------------- ids and records
@@ -85,7 +131,8 @@ class Record:
 
     def write(self, status: str, **fields) -> dict:
         rec = {**self.base, "status": status, "updated_at": results.now(), **fields}
-        results.write_record(self.results_dir, rec)
+        if current().dist.is_main:
+            results.write_record(self.results_dir, rec)
         return rec
 
 
@@ -106,10 +153,17 @@ def eval_data(cfg: Config) -> EvalData:
     return EvalData(train, val, len(train.classes))
 
 
-def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device) -> EpochLoader:
-    """Seeded like pretraining: order from (eval.seed, epoch), augmentation from (eval.seed, epoch, index)."""
-    return EpochLoader(Transformed(base, transform), batch_size, cfg.eval.seed, shuffle=train, drop_last=train,
-                       num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device, shard: bool | None = None
+                ) -> EpochLoader:
+    """Seeded like pretraining: order from (eval.seed, epoch), augmentation from (eval.seed, epoch, index).
+    Sharded over the ranks (default: training loaders), `batch_size` then being the global batch;
+    feature extraction reads whole splits on every rank."""
+    dist = current().dist if (train if shard is None else shard) else DistInfo()
+    if train and batch_size % dist.world:
+        raise ConfigError(f"the evaluation batch {batch_size} does not split over {dist.world} processes")
+    return EpochLoader(Transformed(base, transform), batch_size // dist.world if train else batch_size,
+                       cfg.eval.seed, shuffle=train, drop_last=train, num_workers=cfg.data.num_workers,
+                       rank=dist.rank, world=dist.world, pin_memory=device.type == "cuda")
 
 
 @contextlib.contextmanager
@@ -155,10 +209,10 @@ class FeatureLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, start_step: int = 0):
         self.sampler.set_epoch(epoch)
         order = torch.tensor([i for i, _ in self.sampler], device=self.feats.device)
-        for step in range(self.steps_per_epoch):
+        for step in range(start_step, self.steps_per_epoch):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             yield self.feats[idx], self.labels[idx], 0
 
@@ -274,6 +328,9 @@ def validate(model, loader: EpochLoader, precision: str, device) -> tuple[float,
             logits = model(imgs)
         hits += torch.stack(topk_hits(logits.float(), labels))
         n += labels.shape[0]
+    if isinstance(loader, EpochLoader) and loader.world > 1:  # each rank saw its shard
+        hits = all_sum(torch.cat([hits, torch.tensor([n], device=device)]))
+        hits, n = hits[:2], int(hits[2])
     top1, top5 = (100.0 * hits / max(n, 1)).tolist()
     return top1, top5
 
@@ -291,49 +348,93 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
         scaler, seed: int, validators: dict, mixup=None, ema=None, progress: bool = True, desc: str = "") -> dict:
     """Supervised training, shared by the linear probe, (partial) fine-tuning and the scratch
     baseline. After every epoch each validator (name -> () -> (top1, top5)) runs; returns the
-    history: per-epoch mean loss and val_top1/val_top5<name>."""
+    history: per-epoch mean loss and val_top1/val_top5<name>.
+
+    In a session with several processes the model trains under DDP. With a checkpoint folder it
+    saves after every epoch and, when a stop signal arrives, at the next step (then raises
+    Preempted); it resumes from the newest checkpoint, ending as an uninterrupted run would."""
+    ses = current()
     history = {"loss": []}
     for name in validators:
         history[f"val_top1{name}"], history[f"val_top5{name}"] = [], []
-    bar = tqdm(total=epochs * loader.steps_per_epoch, disable=not progress, unit="step", desc=desc,
-               dynamic_ncols=True, mininterval=1.0)
-    step = 0
+    step_fn = model
+    if ses.dist.world > 1 and any(p.requires_grad for p in model.parameters()):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        step_fn = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    start_epoch, start_step, step = 0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    # frozen weights (a linear probe's encoder, a partial fine-tune's first blocks) never change:
+    # not saved every epoch
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    found = checkpoint.latest(ses.ckpt_dir) if ses.ckpt_dir else None
+    if found is not None:
+        st, _ = found
+        missing, unexpected = model.load_state_dict(st["model"], strict=False)
+        if unexpected or set(missing) - frozen:
+            raise CheckpointError(f"{found[1]} does not fit this evaluation's model")
+        optimizer.load_state_dict(st["optimizer"])
+        scaler.load_state_dict(st["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(st["ema"])
+        history, step, count = st["history"], st["step"], st["count"]
+        start_epoch, start_step = divmod(step, loader.steps_per_epoch)
+        loss_sum = st["loss_sum"].to(device)
+        torch.set_rng_state(st["torch_rng"])  # drop path draws from it
+        scheduler.step_update(step)
+
+    def save():
+        if ses.ckpt_dir and ses.dist.is_main:
+            checkpoint.save(ses.ckpt_dir, step, {
+                "model": {k: v for k, v in model.state_dict().items() if k not in frozen},
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None, "history": history, "step": step,
+                "count": count, "loss_sum": loss_sum.cpu(), "torch_rng": torch.get_rng_state()}, keep=1)
+
+    bar = tqdm(total=epochs * loader.steps_per_epoch, initial=step, disable=not (progress and ses.dist.is_main),
+               unit="step", desc=desc, dynamic_ncols=True, mininterval=1.0)
     try:
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            count = 0
-            for imgs, labels, _ in loader.epoch(epoch):
-                if imgs.shape[0] < 2:
-                    continue
-                imgs, target = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if mixup is not None:
-                    n = imgs.shape[0] - imgs.shape[0] % 2  # timm's Mixup pairs a batch with its reverse
-                    with seeded(sample_seed(seed, epoch, step)):
-                        imgs, target = mixup(imgs[:n], target[:n])
-                with autocast(precision, device):
-                    out = model(imgs)
-                loss = criterion(out.float(), target)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+            first = start_step if epoch == start_epoch else 0
+            for imgs, labels, _ in itertools.islice(loader.epoch(epoch, first), loader.steps_per_epoch - first):
+                # equal step counts on every rank: islice drops a shard's extra batch
+                if imgs.shape[0] >= 2:  # a batch of one (the last, partial) breaks BatchNorm and mixup
+                    imgs, target = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    if mixup is not None:
+                        n = imgs.shape[0] - imgs.shape[0] % 2  # timm's Mixup pairs a batch with its reverse
+                        with seeded(sample_seed(seed, epoch, step)):
+                            imgs, target = mixup(imgs[:n], target[:n])
+                    with autocast(precision, device):
+                        out = step_fn(imgs)
+                    loss = criterion(out.float(), target)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model, step=step + 1)
+                    loss_sum += loss.detach().to(torch.float64)
+                    count += 1
                 step += 1
                 scheduler.step_update(step)
-                if ema is not None:
-                    ema.update(model, step=step)
-                loss_sum += loss.detach().to(torch.float64)
-                count += 1
                 bar.update(1)
-            mean = (loss_sum / max(count, 1)).item()  # one host sync per epoch
+                if ses.stop is not None and ses.stopping(device):
+                    save()
+                    raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
+            total = all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)]))
+            mean = (total[0] / total[1].clamp(min=1)).item()  # one host sync per epoch
             if not math.isfinite(mean):
                 raise TrainingFailed(f"non-finite training loss ({mean}) in epoch {epoch}")
             history["loss"].append(mean)
+            loss_sum.zero_()
+            count = 0
             for name, fn in validators.items():
                 top1, top5 = fn()
                 history[f"val_top1{name}"].append(top1)
                 history[f"val_top5{name}"].append(top5)
             bar.set_postfix(loss=f"{mean:.4f}", top1=f"{history['val_top1'][-1]:.1f}")
+            save()
     finally:
         bar.close()
     return history

@@ -109,7 +109,7 @@ def run(cfg, kind, state, data, device, precision, progress) -> dict:
     model, optimizer = build(cfg, kind, state, data.num_classes, device)
     loader = make_loader(cfg, data.train, train_transform(r, cfg), r.batch_size, True, device)
     val_loader = make_loader(cfg, data.val, eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std),
-                             min(r.batch_size, 256), False, device)
+                             min(r.batch_size, 256), False, device, shard=True)  # accuracy summed over ranks
     mixup = None
     if r.mixup > 0 or r.cutmix > 0:
         mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, label_smoothing=r.smoothing,
