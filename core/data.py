@@ -267,4 +267,18 @@ class EpochLoader:
         # A DataLoader iterator draws its base seed from the global RNG, which drop path also uses:
         # kept out of it, a run resumed mid-epoch draws the same drop-path masks as an uninterrupted one.
         with torch.random.fork_rng(devices=[]):
-            return iter(self.loader)
+            return _plain_worker_errors(iter(self.loader))
+
+
+def _plain_worker_errors(batches):
+    """A DataError raised in a loader worker comes back wrapped in PyTorch's text ("Caught DataError
+    in DataLoader worker process 0. Original Traceback ..."): give the user its own message."""
+    try:
+        yield from batches
+    except DataError as e:
+        text = str(e.args[0]) if e.args else ""
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]
+        raise DataError(last.split(": ", 1)[1] if last.startswith(("DataError:", "core.errors.DataError:"))
+                        else last) from None

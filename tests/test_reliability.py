@@ -174,16 +174,18 @@ def test_corrupt_images_are_skipped_and_counted(fast_cfg, tmp_path):
     assert rec["images_per_s"] > 0 and len(rec["history"]["loss"]) == 2
 
 
-def test_corrupt_image_stops_the_run_naming_the_file_when_asked(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # in a worker process PyTorch wraps the error in its own text
+def test_corrupt_image_stops_the_run_naming_the_file_when_asked(tmp_path, workers):
     data = make_image_folder(tmp_path / "data")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "run_all.py"), "pretrain", "--quiet",
                           "data.dataset=imagefolder", f"data.path={data}", "data.on_corrupt=error",
+                          f"data.num_workers={workers}",
                           "pretrain.batch_size=10", "pretrain.epochs=1", "pretrain.warmup_epochs=0",
                           f"run.results_dir={tmp_path}/results", f"run.work_dir={tmp_path}/work"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot read image" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read image ") and "Caught" not in lines[0]
     assert "garbage.png" in lines[0] or "truncated.png" in lines[0]
 
 
