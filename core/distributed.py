@@ -81,6 +81,24 @@ def init(device: torch.device) -> DistInfo:
     return info
 
 
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over every process, in place (a no-op in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every process when it is true on any. A stop signal reaches the ranks at slightly
+    different steps; all must stop at the same one, else a rank that stopped alone leaves the
+    others waiting in their next all-reduce and no checkpoint is written."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

@@ -23,7 +23,7 @@ from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
-from core.distributed import DistInfo, barrier, init as init_distributed
+from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.masking import make_mask
 from core.model import MAE
@@ -253,10 +253,9 @@ class _Run:
                                  last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
 
     def _end_epoch(self, epoch: int):
-        total = torch.stack([self.epoch_sum, torch.tensor(float(self.epoch_count), dtype=torch.float64,
-                                                          device=self.epoch_sum.device)])
-        if self.dist.world > 1:  # the epoch's loss over every rank's images, not rank 0's alone
-            torch.distributed.all_reduce(total)
+        # the epoch's loss over every rank's images, not rank 0's alone
+        total = all_sum(torch.stack([self.epoch_sum, torch.tensor(float(self.epoch_count), dtype=torch.float64,
+                                                                  device=self.epoch_sum.device)]))
         mean = (total[0] / total[1].clamp(min=1)).item()  # one host sync per epoch
         self._check_finite(mean, epoch)
         self.history.append(mean)
@@ -267,14 +266,7 @@ class _Run:
             self.save()
 
     def _stopping(self) -> bool:
-        """A stop signal reaches the ranks at slightly different steps; all must stop at the same one,
-        else a rank that stopped alone leaves the others waiting in their next all-reduce and no
-        checkpoint is written (one tiny all-reduce per step, only with several processes)."""
-        if self.dist.world == 1:
-            return bool(self.stop)
-        flag = torch.tensor(float(bool(self.stop)), device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(bool(self.stop), self.device)  # one tiny all-reduce a step, with several processes
 
     def _check_finite(self, value: float, epoch: int):
         if not math.isfinite(value):

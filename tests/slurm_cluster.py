@@ -49,6 +49,18 @@ _DB_PASS = "slurmtestpw"
 _MAX_ROOT_FOR_SOCKETS = 45
 
 
+def wait_until(what, predicate, timeout, context=lambda: "", interval=0.25):
+    """predicate()'s first true value, polled until `timeout` s; then fail with context() (logs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{context()}")
+        time.sleep(interval)
+
+
 class SlurmClusterError(RuntimeError):
     pass
 

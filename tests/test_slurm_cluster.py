@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,10 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 try:
-    from tests.slurm_cluster import SlurmCluster, available
+    from tests.slurm_cluster import SlurmCluster, available, wait_until
     from tests.slurm_fixture import slurm_cluster  # noqa: F401  (fixture)
 except ImportError:  # another "tests" package shadows ours
-    from slurm_cluster import SlurmCluster, available
+    from slurm_cluster import SlurmCluster, available, wait_until
     from slurm_fixture import slurm_cluster  # noqa: F401
 
 
@@ -50,17 +49,7 @@ def _sacct_state(job_id: str, env=None, duplicates=False) -> list[str]:
 
 
 def _wait(what, predicate, timeout, cluster=None, interval=0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            msg = "timed out after %ss waiting for %s" % (timeout, what)
-            if cluster is not None:
-                msg += "\n" + cluster.logs()
-            raise AssertionError(msg)
-        time.sleep(interval)
+    return wait_until(what, predicate, timeout, cluster.logs if cluster is not None else (lambda: ""), interval)
 
 
 def _wait_state(job_id, prefix, timeout, cluster, env=None):

@@ -22,6 +22,7 @@ try:  # one fixture module object, also when pytest put only tests/ on sys.path
     import tests.slurm_fixture  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.slurm_cluster import wait_until  # noqa: E402
 from tests.slurm_fixture import slurm_cluster  # noqa: F401,E402  (fixture)
 
 import run_all  # noqa: E402
@@ -222,15 +223,8 @@ def log_tails(cfg, lines=15) -> str:
 
 
 def wait_for(what, predicate, timeout, cfgs=(), cluster=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
-                                 + "\n".join(log_tails(c) for c in cfgs) + (cluster.logs() if cluster else ""))
-        time.sleep(0.25)
+    return wait_until(what, predicate, timeout,
+                      lambda: "\n".join(log_tails(c) for c in cfgs) + (cluster.logs() if cluster else ""))
 
 
 def slurm_states(*job_ids) -> dict:

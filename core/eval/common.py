@@ -21,7 +21,7 @@ from core import checkpoint, results
 from core.config import Config, _plain, config_hash
 from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, sample_seed
 from core.device import autocast
-from core.distributed import DistInfo
+from core.distributed import DistInfo, all_sum, any_rank
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.model import ARCHS, ViTEncoder
 
@@ -43,13 +43,7 @@ class Session:
     ckpt_dir: str | None = None  # None: no checkpoints (nothing to resume)
 
     def stopping(self, device) -> bool:
-        """Every rank stops at the same step (one tiny all-reduce per step with several processes)."""
-        asked = bool(self.stop)
-        if self.dist.world == 1:
-            return asked
-        flag = torch.tensor(float(asked), device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return self.stop is not None and any_rank(bool(self.stop), device)
 
 
 _SESSION = [Session()]
@@ -67,13 +61,6 @@ def session(s: Session):
 
 def current() -> Session:
     return _SESSION[-1]
-
-
-def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum over every rank (a no-op in one process)."""
-    if current().dist.world > 1:
-        torch.distributed.all_reduce(t)
-    return t
 
 
 # --------------------------------------------------------------------------- ids and records
@@ -419,7 +406,7 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 step += 1
                 scheduler.step_update(step)
                 bar.update(1)
-                if ses.stop is not None and ses.stopping(device):
+                if ses.stopping(device):
                     save()
                     raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
             total = all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)]))

@@ -6,8 +6,6 @@ prediction head must be, and scores predictions on the masked patches. Add one b
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -96,13 +94,14 @@ def build_target(model_cfg, data_cfg) -> Target:
 def load_cached(path: str, key: dict) -> dict | None:
     """A fitted artefact (PCA basis, tokenizer) cached at `path`, if it loads and was made for `key`;
     else None, and the caller fits it again: a damaged or stale cache file is never trusted."""
-    if not os.path.exists(path):
-        return None
+    from core.checkpoint import load_file
+    from core.errors import CheckpointError
+
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types for damaged files
+        blob = load_file(path)  # weights_only=True; missing, damaged or not a dict: CheckpointError
+    except CheckpointError:
         return None
-    return blob if isinstance(blob, dict) and blob.get("key") == key else None
+    return blob if blob.get("key") == key else None
 
 
 def cross_entropy_patch_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
