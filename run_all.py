@@ -375,6 +375,7 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         getattr(args, spill).extend(extra)
+    from core.distributed import shutdown
     from core.errors import Preempted, TrainingFailed, UserError
 
     try:
@@ -391,6 +392,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # torchrun launches: every rank leaves the process group before exiting
     return 0
 
 

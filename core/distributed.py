@@ -99,6 +99,13 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def shutdown() -> None:
+    """Tear the process group down before the interpreter exits: left to exit, gloo's threads can
+    abort the process ("terminate called without an active exception") after its work is done."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()
