@@ -91,8 +91,11 @@ class MAE(ViTEncoder):
         if self.mask_token_in_encoder:
             # Table 1c variant: the encoder sees a learned token (plus position) at masked positions
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        else:
+            # the decoder's mask token exists only where the decoder fills masked positions: an
+            # unused parameter would make DDP wait forever for its gradient
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.decoder_embed = nn.Linear(d, dd)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(self.grid, dd), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
             Block(dd, cfg.decoder_num_heads, 4.0, qkv_bias=True, norm_layer=LayerNorm)
@@ -106,7 +109,7 @@ class MAE(ViTEncoder):
     def _init(self):
         w = self.patch_embed.proj.weight.data  # patch projection initialised like a linear layer
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for p in (self.cls_token, self.mask_token, getattr(self, "encoder_mask_token", None)):
+        for p in (self.cls_token, getattr(self, "mask_token", None), getattr(self, "encoder_mask_token", None)):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
         self.apply(_init_weights)
