@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("compare", help="a new ablation, variant or run against a baseline: deltas, seed spread, "
-                       "Welch's t-test, bootstrap CI")
+                       "Welch's t-test and interval")
     p.add_argument("new", metavar="NEW", help="ablation, ablation/variant or run id")
     p.add_argument("--baseline", metavar="BASE", help="ablation (its baseline variant), ablation/variant or run id; "
                    "default: NEW's own ablation baseline")

@@ -1,7 +1,8 @@
 """The paper's curves and Table 2 as figures, ours beside the paper's.
 
 Ours and the paper's sit in separate panels: a small preset's accuracies and x values (epochs,
-blocks) live on other scales than ViT-L on ImageNet. Ours carry seed error bars (sample std). Every
+blocks) live on other scales than ViT-L on ImageNet. Ours carry error bars over seeds: the 95 % Student's t
+interval of the mean (core/report/intervals.py; a sample std would understate it at three seeds). Every
 function reads the joined tables of core/report/tables.py, so a figure shows the numbers its table
 shows, and returns the matplotlib Figure (the tests inspect it; save() writes it).
 """
@@ -10,12 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from core.report.collect import METRICS
+from core.report.intervals import halfwidth
 from core.report.paper import model_name, source_name
 from core.report.tables import source_order
 from plots.style import PAPER_COLOUR, colour, figure
 
 ACCURACY = ("ft_top1", "linprobe_top1", "knn_top1")
 ACC_LABEL = "top-1 accuracy (%)"
+
+
+def t_halfwidth(d) -> np.ndarray:
+    """Error bars of a summary's rows: the half-width of the t interval of each mean (0 for one seed)."""
+    return halfwidth(d["std"].to_numpy(float), d["n"].to_numpy(float))
 
 
 def _x(labels) -> np.ndarray:
@@ -36,7 +43,7 @@ def _main_model(frame) -> str:
 
 
 def curve_figure(table, abl, preset: str):
-    """Figures 5, 7 and 9: accuracy vs the ablated setting. Left: ours (mean ± std over seeds);
+    """Figures 5, 7 and 9: accuracy vs the ablated setting. Left: ours (mean and t interval over seeds);
     right: the paper's curves (for Figure 9 also MoCo v3's)."""
     f = table.frame
     fig, axes = figure(2)
@@ -46,7 +53,7 @@ def curve_figure(table, abl, preset: str):
         d = ours[ours.metric == m]
         x = _x(d.ours_variant)
         order = np.argsort(x)
-        ax.errorbar(x[order], d["mean"].to_numpy()[order], yerr=d["std"].fillna(0).to_numpy()[order],
+        ax.errorbar(x[order], d["mean"].to_numpy()[order], yerr=t_halfwidth(d)[order],
                     marker="o", capsize=3, color=colour(ACCURACY.index(m)), label=METRICS[m][1])
     if len(ours):
         ax.legend()
@@ -74,7 +81,7 @@ def curve_figure(table, abl, preset: str):
 
 
 def table2_figure(table, measured=None, preset: str = "tiny"):
-    """Table 2 as bars: our pretraining hours (mean ± std; speed-up over the encoder with mask
+    """Table 2 as bars: our pretraining hours (mean and t interval over seeds; speed-up over the encoder with mask
     tokens on top), the paper's hours for ViT-L and ViT-H, and bench/wallclock.py's step times."""
     f = table.frame
     fig, axes = figure(3 if measured is not None and len(measured.frame) else 2)
@@ -84,7 +91,7 @@ def table2_figure(table, measured=None, preset: str = "tiny"):
     done = hours[hours.n > 0]
     if len(done):
         x = np.arange(len(done))
-        bars = ax.bar(x, done["mean"], yerr=done["std"].fillna(0), capsize=3, color=colour(0))
+        bars = ax.bar(x, done["mean"], yerr=t_halfwidth(done), capsize=3, color=colour(0))
         for b, v in zip(bars, done.ours_variant):
             s = speed["mean"].get(v)
             if s is not None and np.isfinite(s):

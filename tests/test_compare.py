@@ -7,7 +7,8 @@ import pytest
 from core.ablation import select
 from core.errors import UserError
 from core.report.collect import collect
-from core.report.compare import bootstrap_ci, compare, resolve, to_markdown, welch
+from core.report.compare import compare, resolve, to_markdown, welch
+from core.report.intervals import contrast_ci, diff_ci, mean_halfwidth
 from core.sweep import make_plan
 from tests.test_tables import write_sweep
 
@@ -29,13 +30,25 @@ def test_welch_matches_the_formula():
     assert welch([1.0], [2.0, 3.0]) is None and welch([1.0, 1.0], [2.0, 2.0]) is None
 
 
-def test_bootstrap_interval():
-    assert bootstrap_ci([1.0, 1.0], [0.0, 0.0]) == (1.0, 1.0)  # no spread: the interval is the difference
+def test_welch_interval_is_honest_at_three_seeds():
+    from scipy import stats
     a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]
-    lo, hi = bootstrap_ci(a, b)
-    assert bootstrap_ci(a, b) == (lo, hi)  # seeded: the same records give the same interval
-    assert min(a) - max(b) <= lo < -2.0 < hi <= max(a) - min(b)  # brackets the observed -2
-    assert bootstrap_ci([1.0], b) is None
+    # by hand: difference -2, se^2 = 1/3 + 4/3, Welch-Satterthwaite df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2)
+    se, df = math.sqrt(5 / 3), (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * se
+    lo, hi = diff_ci(a, b)
+    assert (lo, hi) == (pytest.approx(-2 - half), pytest.approx(-2 + half))
+    # a bootstrap can never leave [min(a) - max(b), max(a) - min(b)] = [-5, 1]; with 3 seeds the honest
+    # interval must (the bootstrap's was too narrow: issue 19)
+    assert lo < -5 and hi > 1
+    assert diff_ci([1.0, 1.0], [0.0, 0.0]) == (1.0, 1.0)  # no spread: the interval is the difference
+    assert diff_ci([1.0], b) is None
+    # a contrast of three groups: 2*few - none - full, each group's variance weighted by w^2
+    est, lo3, hi3 = contrast_ci([[5.0, 6.0, 7.0], [1.0, 1.0, 1.0], [8.0, 8.0, 8.0]], [2.0, -1.0, -1.0])
+    assert est == pytest.approx(3.0) and hi3 - est == pytest.approx(est - lo3)
+    assert hi3 - est == pytest.approx(stats.t.ppf(0.975, 2) * 2 * 1 / math.sqrt(3))
+    assert mean_halfwidth([1.0, 2.0, 3.0]) == pytest.approx(stats.t.ppf(0.975, 2) / math.sqrt(3))
+    assert mean_halfwidth([4.0]) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,9 @@ def test_figure5_ours_with_error_bars_and_paper_beside(figs):
     assert list(x) == [0.1, 0.3, 0.5, 0.75]  # 0.9 has no finished seed: no point, never a zero
     assert ours.get_xlabel() == "masking ratio (ours)" and ours.get_ylabel() == "top-1 accuracy (%)"
     yerr = bars[0].lines[2][0].get_segments()  # seeds 0, 1 are mean -0.5, +0.5: sample std sqrt(0.5)
-    assert all(seg[1][1] - seg[0][1] == pytest.approx(2 * 0.5 ** 0.5) for seg in yerr)
+    from scipy import stats  # the bar is the 95 % t interval of the mean: t(1 df) x std / sqrt(2)
+    assert all(seg[1][1] - seg[0][1] == pytest.approx(2 * stats.t.ppf(0.975, 1) * 0.5 ** 0.5 / 2 ** 0.5)
+               for seg in yerr)
     lines = paper.get_lines()
     assert [l.get_label() for l in lines] == ["MAE: fine-tune top-1 (%)", "MAE: linear-probe top-1 (%)"]
     assert len(lines[0].get_xdata()) == 10 and paper.get_xlabel() == "masking ratio (paper)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from core.report.claims import claims_markdown, evaluate_claims
 from core.report.collect import Results
 from core.report.render import _write, markdown, write_tables
 
@@ -31,7 +32,7 @@ def write_report(res: Results, tables, figures: list[dict], out_dir: str, tables
              f"by `python run_all.py report --preset {res.preset}`. Runs of this sweep: "
              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
              "", f"Tables as Markdown, LaTeX and CSV: `{tables_dir}`. How to read them: `docs/reading_results.md`.",
-             "", "## Tables and curves", ""]
+             "", "## The paper's claims at this scale", "", claims_section(res, tables_dir), "## Tables and curves", ""]
     for t in tables:
         lines.append(markdown(t, level=3))
         fig = by_name.get(t.id)
@@ -52,6 +53,15 @@ def write_report(res: Results, tables, figures: list[dict], out_dir: str, tables
     if f:
         lines += _figure(f, rel) if f["paths"] else [f"- {f['caption']}", ""]
     return _write(path, "\n".join(lines) + "\n")
+
+
+def claims_section(res: Results, tables_dir: str) -> str:
+    """The claims table (also written as claims.md / claims.csv beside the tables)."""
+    df = evaluate_claims(res)
+    text = claims_markdown(df, res.preset)
+    _write(os.path.join(tables_dir, "claims.md"), text)
+    _write(os.path.join(tables_dir, "claims.csv"), df.drop(columns=["verdicts"]).to_csv(index=False))
+    return text
 
 
 def _figure(f: dict, rel) -> list[str]:
