@@ -108,6 +108,9 @@ def _plan(args):
 
 def cmd_run(args):
     from core.config import build_config
+    from core.device import thread_count
+    from core.distributed import from_env
+    from core.parallel import default_jobs, run_plan_parallel
     from core.sweep import run_plan
 
     plan, overrides = _plan(args)
@@ -115,7 +118,12 @@ def cmd_run(args):
     print(f"{len(plan.pretrains)} pretraining runs and {len(plan.evals)} evaluations for "
           f"{len({c.ablation for c in plan.cells})} ablations at preset {args.preset}; records in "
           f"{os.path.join(cfg.run.results_dir, 'runs')}")
-    status = run_plan(plan, progress=not args.quiet)
+    jobs = getattr(args, "jobs", None) or default_jobs()
+    if jobs > 1 and from_env().world == 1:  # under torchrun: one DDP unit at a time, in this process
+        print(f"{jobs} units at a time, {thread_count(jobs)} thread(s) each")
+        status = run_plan_parallel(plan, jobs)
+    else:
+        status = run_plan(plan, progress=not args.quiet)
     failed = [rid for rid, st in status.items() if st != "done"]
     print(f"{len(status) - len(failed)} of {len(status)} runs done" +
           (f"; not done: {', '.join(failed)}" if failed else ""))
@@ -222,7 +230,7 @@ def cmd_demo(args):
     t0 = time.perf_counter()
     names, overrides = split_targets(args.overrides)
     ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=(names or ["all"]) + overrides,
-                            quiet=args.quiet, out=None, reconstruct=None)
+                            quiet=args.quiet, out=None, reconstruct=None, jobs=args.jobs)
     failed = None
     try:
         cmd_run(ns)
@@ -246,6 +254,10 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
     return value
+
+
+JOBS_HELP = ("units run at once, each in its own process with its share of the CPUs (default: the CPUs this "
+             "process may use: affinity, SLURM_CPUS_PER_TASK); evaluations wait for their pretraining")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="ABLATION|key=value")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("list", help="list the ablations with their paper source and variant counts")
@@ -310,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
         if name == "run":
             p.add_argument("--quiet", action="store_true", help="no progress bars")
+            p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
         p.set_defaults(func=func)
 
     p = sub.add_parser("submit", help="submit ablation sweeps as cluster job arrays (docs/cluster.md)")
@@ -375,9 +389,13 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         getattr(args, spill).extend(extra)
+    from core.device import configure_threads
     from core.distributed import shutdown
     from core.errors import Preempted, TrainingFailed, UserError
 
+    # the processes torchrun started on this node split its CPUs; --jobs workers set their own share
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    configure_threads(int(local) if local.isdigit() and int(local) > 0 else 1)
     try:
         args.func(args)
     except UserError as e:

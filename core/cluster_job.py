@@ -21,6 +21,7 @@ import time
 
 import submitit
 
+from core.device import configure_threads
 from core.distributed import export_launcher_env
 from core.errors import Preempted, TrainingFailed
 
@@ -39,16 +40,12 @@ class ClusterJob(submitit.helpers.Checkpointable):
         return max(self.requeues, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
 
     def __call__(self) -> dict:
-        import torch
-
         from core.sweep import Plan, run_evaluation, run_plan
         from core.train import pretrain
 
         job = submitit.JobEnvironment()
         dist = export_launcher_env(job)
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if cpus:  # one thread per CPU of this task, not per CPU of the node (tasks share nodes)
-            torch.set_num_threads(int(cpus))
+        configure_threads()  # the CPUs of this task, not of the node (tasks share nodes)
         n = self.requeued()
         if n > self.max_requeues:
             raise TrainingFailed(f"requeued {n} times, more than cluster.max_requeues={self.max_requeues}")

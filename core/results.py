@@ -112,7 +112,8 @@ def environment(device) -> dict:
     import torch
 
     env = {"torch_version": torch.__version__, "device": str(device), "host": platform.node(), "pid": os.getpid(),
-           "python": platform.python_version(), "git_commit": git_commit()}
+           "python": platform.python_version(), "git_commit": git_commit(),
+           "torch_threads": torch.get_num_threads()}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name()
     else:
