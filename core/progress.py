@@ -66,8 +66,9 @@ class Progress:
         self.writer = None
         if main and tb_dir:
             from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import: only when used
-            # purge_step: events a previous session wrote past the checkpoint this one resumes from
-            self.writer = SummaryWriter(tb_dir, purge_step=step or None, flush_secs=30)
+            # purge_step: events a previous session wrote after the checkpoint this one resumes from
+            # (a crash between checkpoints) are dropped, so the curve holds no step twice
+            self.writer = SummaryWriter(tb_dir, purge_step=step + 1 if step else None, flush_secs=30)
 
     # ------------------------------------------------------------------ numbers
 

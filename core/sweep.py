@@ -260,7 +260,7 @@ def running_line(st: UnitStatus) -> str:
 
     rec, who = st.record or {}, ", ".join(sorted({f"{a}/{v}" for a, v, _ in st.unit.users}))
     p = rec.get("progress")
-    parts = [f"{st.unit.kind} {st.unit.run_id} ({who})"]
+    parts = []
     if not p:
         parts.append(f"first epoch running since {rec.get('started_at', '?')}")
     else:
@@ -275,7 +275,7 @@ def running_line(st: UnitStatus) -> str:
         parts.append(f"ETA {duration(left)}" + (f" (at {p['eta_at'][11:19]} UTC)" if p.get("eta_at") else ""))
     if rec.get("job_id"):
         parts.append(f"job {rec['job_id']}")
-    return ", ".join(parts)
+    return f"{st.unit.kind} {st.unit.run_id} ({who}): " + ", ".join(parts)
 
 
 def expected_finish(statuses: dict[str, UnitStatus]) -> tuple[float, int] | None:
