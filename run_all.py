@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_args(p: argparse.ArgumentParser):
-    p.add_argument("--preset", default="tiny", help="config preset (tiny, paper, ...)")
+    p.add_argument("--preset", help="config preset (tiny, paper, ...; default tiny)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pretrain.epochs=5")
 
 
@@ -132,23 +132,59 @@ def cmd_run(args):
 
 
 def cmd_status(args):
+    import time
+
     from core.config import build_config
-    from core.sweep import STATES, sweep_status
 
     plan, overrides = _plan(args)
     cfg = build_config(args.preset, overrides)
-    rows = sweep_status(plan, cfg.run.results_dir)
-    print(f"{'ablation':<18} " + " ".join(f"{s:>11}" for s in STATES) + f" {'unavailable':>11}")
+    if not getattr(args, "watch", None):  # `demo` calls this without the option
+        print_status(plan, cfg)
+        return
+    try:  # until Ctrl-C, which is how a watch ends: exit 0
+        while True:
+            lines = []
+            print_status(plan, cfg, out=lines.append)
+            if sys.stdout.isatty():
+                print("\033[H\033[2J", end="")  # clear the screen: each refresh replaces the last
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {args.watch:g} s, Ctrl-C to stop")
+            print("\n".join(lines), flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        print()
+
+
+def print_status(plan, cfg, out=print):
+    """Counts per ablation; each running unit's epoch, loss, speed and ETA; why units failed or did
+    not run; the sweep's expected finish; the cluster jobs."""
+    from core.progress import clock, duration
+    from core.submit import status_lines, unit_jobs
+    from core.sweep import STATES, expected_finish, running_line, sweep_status, unit_statuses
+
+    jobs, job_states = unit_jobs(plan, cfg)
+    statuses = unit_statuses(plan, cfg.run.results_dir, jobs)
+    rows = sweep_status(plan, cfg.run.results_dir, statuses=statuses)
+    out(f"{'ablation':<18} " + " ".join(f"{s:>11}" for s in STATES) + f" {'unavailable':>11}")
     for r in rows:
-        print(f"{r['ablation']:<18} " + " ".join(f"{r[s]:>11}" for s in STATES) + f" {r['unavailable']:>11}")
+        out(f"{r['ablation']:<18} " + " ".join(f"{r[s]:>11}" for s in STATES) + f" {r['unavailable']:>11}")
+    for st in statuses.values():
+        if st.state == "running":
+            out(f"  running {running_line(st)}")
+    for st in statuses.values():
+        if st.state in ("failed", "cancelled", "not run", "preempted", "interrupted"):
+            who = ", ".join(sorted({f"{a}/{v}" for a, v, _ in st.unit.users}))
+            out(f"  {st.state} {st.unit.kind} {st.unit.run_id} ({who}): {st.reason or 'no reason recorded'}")
     for r in rows:
-        for reason in r["reasons"]:
-            print(f"  failed {r['ablation']}: {reason}")
         for reason in r["unavailable_reasons"]:
-            print(f"  unavailable {r['ablation']}/{reason}")
-    from core.submit import status_lines
-    for line in status_lines(plan, cfg):  # SLURM states of the jobs `submit` started
-        print(line)
+            out(f"  unavailable {r['ablation']}/{reason}")
+    finish = expected_finish(statuses)
+    if finish:
+        left, unknown = finish
+        out(f"expected finish: {clock(left)[:19].replace('T', ' ')} UTC, in {duration(left)} (units one after "
+            f"another, waiting ones at the mean time of finished ones)"
+            + (f"; {unknown} unit(s) without an estimate yet" if unknown else ""))
+    for line in status_lines(plan, cfg, job_states):  # SLURM states of the jobs `submit` started
+        out(line)
 
 
 def cmd_submit(args):
@@ -246,6 +282,34 @@ def cmd_demo(args):
         raise SystemExit(failed)
 
 
+DEFAULT_PRESET = "tiny"
+
+
+def resolve_preset(args) -> None:
+    """`--preset` defaults to tiny, which trains on its built-in digits: a dataset path given without
+    --preset, or a path the preset's dataset would ignore, is refused instead of silently unused."""
+    if not hasattr(args, "preset"):
+        return
+    words = [w for name in ("overrides", "targets") for w in getattr(args, name, None) or [] if "=" in w]
+    given = {w.split("=", 1)[0].strip(): w.split("=", 1)[1].strip() for w in words}
+    if args.preset is None:
+        if given.get("data.path") or given.get("data.dataset", "").strip("'\"") == "imagefolder":
+            from core.errors import ConfigError
+            raise ConfigError("a dataset folder is given but no preset: the default preset tiny trains a tiny model "
+                              "on its built-in digits; pass --preset paper (ViT-L/16 on that folder), or --preset tiny "
+                              "data.dataset=imagefolder for the tiny model on it")
+        args.preset = DEFAULT_PRESET
+    if given.get("data.path"):
+        from core.config import build_config
+        from core.errors import ConfigError
+        data = build_config(args.preset, [w for w in words if w.split("=", 1)[0].strip().startswith("data.")]).data
+        if data.dataset != "imagefolder":
+            raise ConfigError(f"data.path={data.path} would be ignored: preset {args.preset} trains on "
+                              f"data.dataset={data.dataset}; "
+                              + ("pass --preset paper for ImageNet, or " if args.preset == DEFAULT_PRESET else "")
+                              + "set data.dataset=imagefolder to train on that folder")
+
+
 def positive_int(text):
     try:
         value = int(text)
@@ -253,6 +317,16 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -304,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run every ablation (or those named) at a small preset, then write tables, "
                        "figures and the report")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", help="config preset (default tiny)")
     p.add_argument("overrides", nargs="*", metavar="ABLATION|key=value")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -312,22 +386,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("list", help="list the ablations with their paper source and variant counts")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", help="config preset (default tiny)")
     p.set_defaults(func=cmd_list)
 
     for name, func, text in (("run", cmd_run, "run ablation sweeps locally: pretraining, then evaluations"),
                              ("status", cmd_status, "per ablation: runs done, running, failed, pending")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--preset", default="tiny")
+        p.add_argument("--preset", help="config preset (default tiny)")
         p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
         p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
         if name == "run":
+            p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+        else:
+            p.add_argument("--watch", nargs="?", type=positive_float, const=10.0, default=None, metavar="SECONDS",
+                           help="refresh every SECONDS (default 10) until Ctrl-C")
+
+
             p.add_argument("--quiet", action="store_true", help="no progress bars")
             p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
         p.set_defaults(func=func)
 
     p = sub.add_parser("submit", help="submit ablation sweeps as cluster job arrays (docs/cluster.md)")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", help="config preset (default tiny)")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
     p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
     p.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"),
@@ -342,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("cancel", help="cancel the cluster jobs of ablations (or all)")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", help="config preset (default tiny)")
     p.add_argument("--seeds", type=positive_int, default=1)
     p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
     p.set_defaults(func=cmd_cancel)
@@ -354,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("report", cmd_report, "one Markdown report with every table and figure "
                               "(results/report/<preset>/report.md)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--preset", default="tiny")
+        p.add_argument("--preset", help="config preset (default tiny)")
         p.add_argument("--seeds", type=positive_int, default=1,
                        help="expect seeds 0 .. N-1 (more are shown once their records exist)")
         p.add_argument("--out", help="output folder")
@@ -370,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", metavar="NEW", help="ablation, ablation/variant or run id")
     p.add_argument("--baseline", metavar="BASE", help="ablation (its baseline variant), ablation/variant or run id; "
                    "default: NEW's own ablation baseline")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", help="config preset (default tiny)")
     p.add_argument("--seeds", type=positive_int, default=1)
     p.add_argument("--metric", action="append", help="only this metric (repeatable), e.g. linprobe_top1")
     p.add_argument("--out", help="also write the Markdown table to this file")
@@ -397,6 +477,7 @@ def main(argv=None) -> int:
     local = os.environ.get("LOCAL_WORLD_SIZE", "1")
     configure_threads(int(local) if local.isdigit() and int(local) > 0 else 1)
     try:
+        resolve_preset(args)
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

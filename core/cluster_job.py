@@ -10,7 +10,13 @@ Preemption and time limits (docs/cluster.md):
   newest checkpoint of the run: the one just written.
 - SIGTERM (scancel, PreemptMode=REQUEUE, the hard limit): the loop still saves at the next step and
   the job exits; SLURM decides whether it comes back, and resumption is the same.
-- Requeues are bounded by cluster.max_requeues, counted by SLURM across both kinds.
+- Requeues are bounded by cluster.max_requeues, counted by SLURM across both kinds. At the bound the
+  unit's record ends `failed: requeue limit reached (N)`.
+
+Whatever ends a job, its units' records say so: a unit's own failure is recorded by pretrain(),
+evaluate() or run_plan; a failure before any unit starts (an import error on the node, the requeue
+bound) is recorded here for every unit of the job. Records written in a job carry its id and log
+files (core.results.job_fields).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import time
 
 import submitit
 
+from core import results
 from core.device import configure_threads
 from core.distributed import export_launcher_env
 from core.errors import Preempted, TrainingFailed
@@ -40,22 +47,45 @@ class ClusterJob(submitit.helpers.Checkpointable):
         return max(self.requeues, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
 
     def __call__(self) -> dict:
+        job = submitit.JobEnvironment()
+        os.environ.update({results.JOB_ENV[k]: str(v) for k, v in (
+            ("job_id", job.job_id), ("job_stdout", job.paths.stdout), ("job_stderr", job.paths.stderr))})
+        self.units_started = 0
+        try:
+            return self._run(job)
+        except Preempted:
+            raise
+        except (Exception, KeyboardInterrupt) as e:
+            if not self.units_started:  # no unit could record it itself
+                self.record_ended("failed", results.reason(e))
+            raise
+
+    def record_ended(self, status: str, why: str) -> None:
+        """Final status for the units of this job that have none yet (rank 0)."""
+        for u in self.units:
+            rec = results.read_record(u.cfg.run.results_dir, u.run_id)
+            if rec is None or rec.get("status") in ("running", "preempted"):
+                results.mark_ended(u.cfg.run.results_dir, u.run_id, status, why, kind=u.kind, parent=u.parent,
+                                   preset=u.cfg.run.preset, config=u.cfg.to_dict())
+
+    def _run(self, job) -> dict:
         from core.sweep import Plan, run_evaluation, run_plan
         from core.train import pretrain
 
-        job = submitit.JobEnvironment()
         dist = export_launcher_env(job)
         configure_threads()  # the CPUs of this task, not of the node (tasks share nodes)
         n = self.requeued()
         if n > self.max_requeues:
-            raise TrainingFailed(f"requeued {n} times, more than cluster.max_requeues={self.max_requeues}")
+            raise TrainingFailed(f"requeue limit reached ({n}): requeued {n} times, more than "
+                                 f"cluster.max_requeues={self.max_requeues}")
         log(f"{job}: rank {dist.rank} of {dist.world}, {len(self.units)} unit(s), requeued {n} of at most "
             f"{self.max_requeues} times")
         plan = Plan(self.preset, {u.run_id: u for u in self.units})
         with DeferredRequeue() as deferred:
             try:
-                status = run_plan(plan, pretrain_fn=deferred.guard(pretrain), eval_fn=deferred.guard(run_evaluation),
-                                  log=log, progress=False)
+                status = run_plan(plan, pretrain_fn=self._started(deferred.guard(pretrain)),
+                                  eval_fn=self._started(deferred.guard(run_evaluation)), log=log,
+                                  progress=True)  # log lines into the job's log (no terminal: no bars)
             except Preempted as e:
                 log(f"preempted: {e}")
                 if deferred.asked:  # USR2: requeue ourselves (rank 0); SIGTERM: SLURM decides
@@ -69,12 +99,20 @@ class ClusterJob(submitit.helpers.Checkpointable):
                                  + ", ".join(f"{rid} {st}" for rid, st in failed.items()))
         return status
 
+    def _started(self, fn):
+        def run(*args, **kwargs):
+            self.units_started += 1
+            return fn(*args, **kwargs)
+        return run
+
     def checkpoint(self, *args, **kwargs):
         """Called by submitit (rank 0) once the loop has saved: resubmit this same object. None, at
         the bound, makes submitit end the job instead."""
         n = self.requeued()
         if n >= self.max_requeues:
             log(f"not requeued: already requeued {n} times (cluster.max_requeues={self.max_requeues})")
+            self.record_ended("failed", f"requeue limit reached ({n}): cluster.max_requeues={self.max_requeues}; "
+                                        "submit again to resume from the last checkpoint")
             return None
         self.requeues = n + 1
         log(f"requeueing ({self.requeues} of at most {self.max_requeues})")

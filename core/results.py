@@ -1,11 +1,13 @@
 """Run records: one JSON file per run under <results_dir>/runs/, written atomically.
 
 Records are the single source of truth for tables and plots. A record holds the run id, kind
-(pretrain or an evaluation protocol), status (running | done | failed, with a reason), the resolved
-config, per-epoch history, final metrics and the environment it ran in.
+(pretrain or an evaluation protocol), status (running | done | preempted | cancelled | failed, the
+last three with a reason), the resolved config, per-epoch history and progress, final metrics and
+the environment it ran in (on a cluster: the job id and its log files).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,7 +16,7 @@ import subprocess
 import time
 
 from core.checkpoint import atomic_write
-from core.errors import UserError
+from core.errors import Preempted, TrainingFailed, UserError
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]{0,199}$")
 
@@ -99,6 +101,63 @@ def load_records(results_dir: str):
     return pd.DataFrame(rows)
 
 
+def reason(exc: BaseException) -> str:
+    """Why a unit ended, in one line: a user error's own message, else the exception's type too."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, (UserError, TrainingFailed)):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:500] or type(exc).__name__
+
+
+def end_status(exc: BaseException) -> str:
+    """The final status an exception leaves: Ctrl-C is the user's cancel, anything else a failure."""
+    return "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def mark_ended(results_dir: str, run_id: str, status: str, why: str, **fields) -> dict | None:
+    """Give a unit's record its final status and reason, keeping what the record already holds
+    (config, history, progress), or create a small one for a unit that failed before it had any.
+    A done record is never changed. Rank 0 only. Never raises: it runs while another error is on
+    its way to the user, and that error matters more than this record."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return None
+    try:
+        rec = read_record(results_dir, run_id) or {"run_id": run_id, "started_at": now()}
+        if rec.get("status") == "done":
+            return rec
+        rec.update({**job_fields(), **fields, "status": status, "reason": why, "updated_at": now()})
+        write_record(results_dir, rec)
+        return rec
+    except Exception:  # noqa: BLE001 - an unreadable or unwritable record: the original error goes on
+        return None
+
+
+@contextlib.contextmanager
+def ending_recorded(results_dir: str, run_id: str, **fields):
+    """Around all a unit does once its id is known: however early it fails (its data missing at run
+    time, its target failing to prepare, a bug), or if Ctrl-C stops it, its record ends `failed`
+    (or `cancelled`) with the reason, and the exception goes on. Preempted passes untouched: the
+    loop saved a checkpoint and wrote `preempted` itself."""
+    try:
+        yield
+    except Preempted:
+        raise
+    except (Exception, KeyboardInterrupt) as e:
+        mark_ended(results_dir, run_id, end_status(e), reason(e), **fields)
+        raise
+
+
+# Set by a cluster job (core.cluster_job) for every process it starts: which job wrote a record and
+# where its log is, so a failure's reason leads to the full traceback.
+JOB_ENV = {"job_id": "MAE_JOB_ID", "job_stdout": "MAE_JOB_STDOUT", "job_stderr": "MAE_JOB_STDERR"}
+
+
+def job_fields() -> dict:
+    return {k: os.environ[v] for k, v in JOB_ENV.items() if os.environ.get(v)}
+
+
 def git_commit() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -113,7 +172,7 @@ def environment(device) -> dict:
 
     env = {"torch_version": torch.__version__, "device": str(device), "host": platform.node(), "pid": os.getpid(),
            "python": platform.python_version(), "git_commit": git_commit(),
-           "torch_threads": torch.get_num_threads()}
+           "torch_threads": torch.get_num_threads(), **job_fields()}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name()
     else:

@@ -564,11 +564,28 @@ def plan_jobs(plan, cfg) -> tuple[dict, dict[str, dict]]:
     return data, jobs
 
 
-def status_lines(plan, cfg) -> list[str]:
+def unit_jobs(plan, cfg) -> tuple[dict[str, dict], dict[str, str]]:
+    """({run id: its job as core.sweep.unit_status reads it}, {job id: state}) for this plan's
+    units that `submit` sent to jobs (the newest job of each)."""
+    from submitit.core.utils import JobPaths
+
+    data, jobs = plan_jobs(plan, cfg)
+    states = job_states(list(jobs.values())) if jobs else {}
+    out = {}
+    for rid, e in data["units"].items():
+        if rid in plan.units:
+            state = states.get(e["job_id"], "UNKNOWN")
+            out[rid] = {"job_id": e["job_id"], "state": state, "live": state in LIVE or state.startswith("UNKNOWN"),
+                        "cancelled": bool(e.get("cancelled_at")),
+                        "log": str(JobPaths(e["job_dir"], e["job_id"], 0).stdout)}
+    return out, states
+
+
+def status_lines(plan, cfg, states: dict[str, str] | None = None) -> list[str]:
     _, jobs = plan_jobs(plan, cfg)
     if not jobs:
         return []
-    states = job_states(list(jobs.values()))
+    states = states if states is not None else job_states(list(jobs.values()))
     lines = [f"cluster jobs ({jobs_path(cfg)}):", f"  {'job':<14} {'stage':<9} {'state':<12} runs"]
     for jid, j in sorted(jobs.items(), key=lambda kv: (kv[1]["submitted_at"], _sort_key(kv[0]))):
         lines.append(f"  {jid:<14} {j['stage']:<9} {states.get(jid, 'UNKNOWN'):<12} {' '.join(j['run_ids'])}")

@@ -125,6 +125,11 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
             continue
         except Preempted:
             raise
+        except (Exception, KeyboardInterrupt) as e:  # however early: the unit's record says why (status)
+            results.mark_ended(unit.cfg.run.results_dir, unit.run_id, results.end_status(e), results.reason(e),
+                               kind=unit.kind, parent=unit.parent, preset=unit.cfg.run.preset,
+                               config=unit.cfg.to_dict())
+            raise
         log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id} ({who}): {status[unit.run_id]} "
             f"in {time.perf_counter() - t0:.1f} s")
     return status
@@ -140,16 +145,38 @@ def run_evaluation(cfg: Config, protocol: str, *, run_id: str | None, progress: 
 
 # --------------------------------------------------------------------------- status
 
-STATES = ("done", "running", "interrupted", "preempted", "failed", "pending")
+STATES = ("done", "running", "interrupted", "preempted", "cancelled", "failed", "pending", "not run")
+ENDED_BY_USER = "CANCELLED"  # sacct's state of a job that scancel ended (also "CANCELLED by <uid>")
 
 
 def unit_state(rec: dict | None) -> str:
+    return unit_status(rec)[0]
+
+
+def unit_status(rec: dict | None, job: dict | None = None) -> tuple[str, str | None]:
+    """(state, reason) of one unit from its record and, when a cluster job runs it, that job
+    ({"job_id", "state", "live", "cancelled", "log"}: core.submit.unit_jobs). The job tells what
+    the record cannot: a job cancelled (scancel, `run_all.py cancel`) while its run saved and
+    stopped, or a job that ended before the unit could write anything."""
+    ended = job is not None and not job["live"]
+    cancelled = ended and (job["state"].startswith(ENDED_BY_USER) or job.get("cancelled"))
+    where = f"job {job['job_id']}" + (f", log {job['log']}" if job and job.get("log") else "") if job else ""
     if rec is None:
-        return "pending"
-    state = rec.get("status", "pending")
-    if state == "running" and not _alive(rec):
-        return "interrupted"
-    return state if state in STATES else "pending"
+        if cancelled:
+            return "cancelled", f"{where} was cancelled before the unit started"
+        if ended and job["state"] != "COMPLETED":
+            return "failed", f"{where} ended {job['state']} before the unit started"
+        return "pending", (f"{where} is {job['state']}" if job else None)
+    state, reason = rec.get("status", "pending"), rec.get("reason")
+    if state in ("running", "preempted") and cancelled:
+        return "cancelled", f"{where} was cancelled" + (f" (the run saved and stopped: {reason})" if reason else "")
+    if state == "running" and ended:
+        return "failed", f"{where} ended {job['state']} while the unit ran"
+    if state == "running" and job is None and not _alive(rec):
+        return "interrupted", "its process is gone: run the same command again to resume"
+    if state == "preempted" and ended:
+        return "preempted", f"{reason}; {where} ended {job['state']}: submit again to resume"
+    return (state if state in STATES else "pending"), reason
 
 
 def _alive(rec: dict) -> bool:
@@ -167,8 +194,34 @@ def _alive(rec: dict) -> bool:
         return True
 
 
-def sweep_status(plan: Plan, results_dir: str) -> list[dict]:
+@dataclass
+class UnitStatus:
+    unit: Unit
+    state: str
+    reason: str | None
+    record: dict | None
+    job: dict | None = None
+
+
+def unit_statuses(plan: Plan, results_dir: str, jobs: dict | None = None) -> dict[str, UnitStatus]:
+    """Every unit's state; an evaluation whose pretraining failed or was cancelled, and that has
+    no record of its own, is 'not run' (on SLURM its job was cancelled by the dependency)."""
+    out: dict[str, UnitStatus] = {}
+    for rid, unit in plan.units.items():  # pretraining first
+        rec = results.read_record(results_dir, rid)
+        job = (jobs or {}).get(rid)
+        state, reason = unit_status(rec, job)
+        parent = out.get(unit.parent) if unit.parent else None
+        if rec is None and parent is not None and parent.state in ("failed", "cancelled", "not run"):
+            state, reason = "not run", f"parent {parent.state}: {unit.parent}"
+        out[rid] = UnitStatus(unit, state, reason, rec, job)
+    return out
+
+
+def sweep_status(plan: Plan, results_dir: str, jobs: dict | None = None,
+                 statuses: dict[str, UnitStatus] | None = None) -> list[dict]:
     """Per ablation: counts of units by state, the unavailable variants and failure reasons."""
+    statuses = statuses if statuses is not None else unit_statuses(plan, results_dir, jobs)
     rows = []
     by_ablation: dict[str, list[Cell]] = {}
     for cell in plan.cells:
@@ -180,12 +233,73 @@ def sweep_status(plan: Plan, results_dir: str) -> list[dict]:
         counts = {s: 0 for s in STATES}
         reasons = []
         for rid in dict.fromkeys(ids):
-            rec = results.read_record(results_dir, rid)
-            state = unit_state(rec)
-            counts[state] += 1
-            if state == "failed":
-                reasons.append(f"{rid}: {rec.get('reason')}")
+            st = statuses[rid]
+            counts[st.state] += 1
+            if st.state in ("failed", "cancelled", "not run"):
+                reasons.append(f"{rid}: {st.reason}")
         rows.append({"ablation": name, **counts, "unavailable": sum(1 for c in cells if c.unavailable),
                      "reasons": reasons, "unavailable_reasons": sorted({f"{c.variant}: {c.unavailable}"
                                                                         for c in cells if c.unavailable})})
     return rows
+
+
+def _seconds_until(stamp: str | None) -> float | None:
+    from datetime import datetime, timezone
+
+    if not stamp:
+        return None
+    try:
+        return max(0.0, (datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z") - datetime.now(timezone.utc)).total_seconds())
+    except ValueError:
+        return None
+
+
+def running_line(st: UnitStatus) -> str:
+    """`pt-... (mask_ratio/0.5): epoch 3/15, loss 0.4123, 812 img/s, ETA 0:00:40 (at 23:50:02 UTC)`."""
+    from core.progress import duration
+
+    rec, who = st.record or {}, ", ".join(sorted({f"{a}/{v}" for a, v, _ in st.unit.users}))
+    p = rec.get("progress")
+    parts = []
+    if not p:
+        parts.append(f"first epoch running since {rec.get('started_at', '?')}")
+    else:
+        parts.append(f"epoch {p['epoch']}/{p['epochs']}")
+        if p.get("loss") is not None:
+            parts.append(f"loss {p['loss']:.4f}")
+        if p.get("val_top1") is not None:
+            parts.append(f"val top-1 {p['val_top1']:.1f}%")
+        if p.get("images_per_s") is not None:
+            parts.append(f"{p['images_per_s']:.0f} img/s")
+        left = _seconds_until(p.get("eta_at"))
+        parts.append(f"ETA {duration(left)}" + (f" (at {p['eta_at'][11:19]} UTC)" if p.get("eta_at") else ""))
+    if rec.get("job_id"):
+        parts.append(f"job {rec['job_id']}")
+    return f"{st.unit.kind} {st.unit.run_id} ({who}): " + ", ".join(parts)
+
+
+def expected_finish(statuses: dict[str, UnitStatus]) -> tuple[float, int] | None:
+    """(seconds left, units without an estimate) if every unit ran one after another: a running
+    unit's own ETA, a waiting one the mean time of the finished units of its kind (or of the
+    running one's projected time). None when nothing is left."""
+    spent: dict[str, list[float]] = {}
+    for st in statuses.values():
+        rec = st.record or {}
+        if st.state == "done" and rec.get("wall_time_s"):
+            spent.setdefault(st.unit.kind, []).append(float(rec["wall_time_s"]))
+        elif st.state == "running" and (rec.get("progress") or {}).get("eta_s") is not None:
+            p = rec["progress"]
+            spent.setdefault(st.unit.kind, []).append(p["elapsed_s"] + p["eta_s"])
+    left, unknown, todo = 0.0, 0, 0
+    for st in statuses.values():
+        if st.state in ("done", "failed", "cancelled", "not run"):
+            continue
+        todo += 1
+        eta = _seconds_until((st.record or {}).get("progress", {}).get("eta_at")) if st.state == "running" else None
+        if eta is None and spent.get(st.unit.kind):
+            eta = sum(spent[st.unit.kind]) / len(spent[st.unit.kind])
+        if eta is None:
+            unknown += 1
+        else:
+            left += eta
+    return (left, unknown) if todo else None

@@ -27,6 +27,7 @@ from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.masking import make_mask
 from core.model import MAE
+from core.progress import Progress, show_bar, tensorboard_dir
 from core.targets import build_target
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limit warning
@@ -106,13 +107,15 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     done = results.read_record(cfg.run.results_dir, run_id)
     if done and done.get("status") == "done":
         return done
-    check_dataset_path(cfg.data)
-    device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults on the activations every step
-    dist = init_distributed(device)
-    with StopFlag() as stop:
-        return _Run(cfg, run_id, device, dist, stop, progress).train()
+    check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
+    with results.ending_recorded(cfg.run.results_dir, run_id, kind="pretrain", preset=cfg.run.preset,
+                                 config=cfg.to_dict()):
+        device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults on the activations every step
+        dist = init_distributed(device)
+        with StopFlag() as stop:
+            return _Run(cfg, run_id, device, dist, stop, progress).train()
 
 
 class _Run:
@@ -120,7 +123,7 @@ class _Run:
         self.cfg, self.run_id, self.device, self.dist, self.stop = cfg, run_id, device, dist, stop
         p = cfg.pretrain
         self.precision = resolve_precision(p.precision, device)
-        self.ckpt_dir = ckpt_dir(cfg, run_id)
+        self.ckpt_dir = os.path.abspath(ckpt_dir(cfg, run_id))  # records hold absolute paths
         self.micro_batch = p.batch_size // p.accum_iter // dist.world
         if self.micro_batch < 1:
             raise ConfigError(f"pretrain.batch_size={p.batch_size} is smaller than accum_iter x world size")
@@ -202,7 +205,8 @@ class _Run:
     def write_record(self, status: str, **extra) -> dict:
         rec = {"run_id": self.run_id, "kind": "pretrain", "status": status, "preset": self.cfg.run.preset,
                "config": self.cfg.to_dict(), "history": {"loss": list(self.history)},
-               "checkpoint_dir": os.path.abspath(self.ckpt_dir), "precision": self.precision,
+               "checkpoint_dir": self.ckpt_dir, "precision": self.precision,
+               "tensorboard_dir": tensorboard_dir(self.cfg.run.results_dir, self.run_id),
                "world_size": self.dist.world, "updated_at": results.now(), "started_at": self.started,
                "resumed_from": self.resumed_from, **self.env, **extra}
         if self.dist.is_main:
@@ -220,7 +224,11 @@ class _Run:
         self.env, self.started = results.environment(self.device), results.now()
         self.write_record("running")
         total_steps = p.epochs * self.steps_per_epoch
-        bar = tqdm(total=total_steps, initial=self.global_step, disable=not self.progress, unit="step",
+        self.meter = Progress(f"pretrain {self.run_id}", epochs=p.epochs, steps_per_epoch=self.steps_per_epoch,
+                              images_per_step=p.batch_size, step=self.global_step, elapsed_before=self.time_before,
+                              tb_dir=tensorboard_dir(cfg.run.results_dir, self.run_id), main=self.dist.is_main,
+                              log=self.progress)
+        bar = tqdm(total=total_steps, initial=self.global_step, disable=not show_bar(self.progress), unit="step",
                    desc=f"pretrain {self.run_id}", dynamic_ncols=True, mininterval=1.0)
         self.t_start = time.perf_counter()
         self.model.train()
@@ -235,14 +243,9 @@ class _Run:
                     raise Preempted(f"stopped by signal {self.stop.signum} at step {self.global_step}; "
                                     f"checkpoint {path}")
                 self._end_epoch(epoch)
-        except (TrainingFailed, CheckpointError) as e:  # a CheckpointError here: the disk is full or gone
-            try:
-                self.write_record("failed", reason=str(e))
-            except UserError:
-                pass  # the record cannot be written either; the error itself still reaches the user
-            raise
-        finally:
+        finally:  # a failure's status and reason: pretrain()'s ending_recorded
             bar.close()
+            self.meter.close()
         elapsed = self.train_time()
         barrier()
         metrics = {"final_loss": self.history[-1] if self.history else None,
@@ -259,11 +262,15 @@ class _Run:
         mean = (total[0] / total[1].clamp(min=1)).item()  # one host sync per epoch
         self._check_finite(mean, epoch)
         self.history.append(mean)
+        self.write_record("running", progress=self.meter.epoch_end(epoch, self.global_step, mean, self._lr()))
         self.epoch_sum.zero_()
         self.epoch_count = 0
         last = self.global_step >= self.cfg.pretrain.epochs * self.steps_per_epoch
         if last or (epoch + 1) % self.cfg.pretrain.checkpoint_every == 0:
             self.save()
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
     def _stopping(self) -> bool:
         return any_rank(bool(self.stop), self.device)  # one tiny all-reduce a step, with several processes
@@ -310,6 +317,7 @@ class _Run:
                 rate = (self.images_seen + images * self.dist.world) / self.train_time()
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{rate:.0f}")
+                self.meter.step(self.global_step, value, self._lr())
             if self._stopping() or self.global_step >= end:
                 break
         return images * self.dist.world, skipped

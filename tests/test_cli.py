@@ -74,10 +74,20 @@ CASES = [
     (["pretrain", "pretrain.epochs"], "is not of the form key=value"),
     (["run", "mask_ratio", "model.mask_ratio=2"], "model.mask_ratio must be in (0, 1)"),
     # dataset paths
-    (["pretrain", "data.dataset=imagefolder"], "data.path is required"),
-    (["pretrain", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet"], "does not exist"),
-    (["pretrain", "data.dataset=imagefolder", "data.path={tmp}/file.txt"], "is not a directory"),
-    (["pretrain", "data.dataset=imagefolder", "data.path={tmp}/empty"], "holds no images"),
+    (["pretrain", "--preset", "tiny", "data.dataset=imagefolder"], "data.path is required"),
+    (["pretrain", "--preset", "tiny", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet"], "does not exist"),
+    (["pretrain", "--preset", "tiny", "data.dataset=imagefolder", "data.path={tmp}/file.txt"], "is not a directory"),
+    (["pretrain", "--preset", "tiny", "data.dataset=imagefolder", "data.path={tmp}/empty"], "holds no images"),
+    # a dataset path the default tiny preset would silently not use
+    (["pretrain", "data.path={tmp}/empty"], "no preset: the default preset tiny trains a tiny model on its built-in "
+                                            "digits; pass --preset paper"),
+    (["eval", "finetune", "data.dataset=imagefolder"], "no preset: the default preset tiny"),
+    (["submit", "mask_ratio", "data.path=/datasets/imagenet"], "pass --preset paper"),
+    (["pretrain", "--preset", "tiny", "data.path={tmp}/empty"], "would be ignored: preset tiny trains on "
+                                                                "data.dataset=digits; pass --preset paper"),
+    (["run", "mask_ratio", "--preset", "paper", "data.dataset=synthetic", "data.path=/x"],
+     "data.path=/x would be ignored: preset paper trains on data.dataset=synthetic; set data.dataset=imagefolder"),
+    (["status", "--watch", "soon"], "argument --watch: 'soon' is not a number"),
     # checkpoints and run ids
     (["eval", "linprobe", "--init", "{tmp}/vit_small.pth"], "embed dim 384 (vit_small_patch16?)"),
     (["eval", "linprobe", "--init", "{tmp}/notes.txt"], "is not a loadable checkpoint"),

@@ -394,3 +394,37 @@ def test_dry_run_without_a_reachable_controller_still_prints_the_plan(monkeypatc
     monkeypatch.setattr(submit.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a[0], 1, "", refused))
     with pytest.raises(UserError, match="invalid partition specified: nope"):  # a real refusal, even dry
         submit.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)
+
+
+def test_a_variant_failing_at_run_time_is_failed_with_its_reason_and_its_evaluation_not_run(slurm_cluster, tmp_path):
+    """One variant of a two-variant sweep fails on the node before training starts (DALL-E's encoder
+    is not at model.dvae_path): its record says why, with the job id and log; `status` lists it
+    failed with that reason and its evaluation (cancelled by SLURM's dependency) as not run."""
+    from core.ablation import Ablation
+    from core.sweep import make_plan
+
+    two = Ablation(name="two", source="extra", title="one variant fails", baseline="pixel",
+                   variants={"pixel": {}, "dvae": {"model.target": "dvae_token"}}, small_evals=("knn",))
+    overrides = FAST + ["pretrain.epochs=1", "pretrain.warmup_epochs=0", "eval.knn.k=5",
+                        "model.dvae_path=/nowhere/encoder.pkl", f"run.results_dir={tmp_path}/results",
+                        f"run.work_dir={tmp_path}/work", "cluster.executor=slurm", "cluster.cpus_per_task=1"]
+    plan = make_plan([two], "tiny", 1, overrides)
+    cfg = build_config("tiny", overrides)
+    arrays = submit.submit_plan(plan, cfg, submit.prepare(cfg), log=lambda *a: None)
+    ids = [j for a in arrays for j in a.job_ids]
+    wait_ended(cfg, ids, slurm_cluster)
+    pixel, dvae = plan.pretrains
+    rec = results.read_record(cfg.run.results_dir, dvae.run_id)
+    assert rec["status"] == "failed", log_tails(cfg)
+    assert rec["reason"].startswith("model.dvae_path=/nowhere/encoder.pkl does not exist")
+    assert rec["job_id"] in ids and "does not exist" in Path(rec["job_stderr"]).read_text()
+    assert Path(rec["job_stdout"]).exists()
+    [ev] = [u for u in plan.evals if u.parent == dvae.run_id]
+    lines = []
+    run_all.print_status(plan, cfg, out=lines.append)
+    assert f"  failed pretrain {dvae.run_id} (two/dvae): {rec['reason']}" in lines, "\n".join(lines)
+    assert f"  not run knn {ev.run_id} (two/dvae): parent failed: {dvae.run_id}" in lines, "\n".join(lines)
+    [row] = [ln for ln in lines if ln.startswith("two ")]
+    assert row.split()[1:] == ["2", "0", "0", "0", "0", "1", "0", "1", "0"]  # pixel + its kNN done
+    logs = Path(results.read_record(cfg.run.results_dir, pixel.run_id)["job_stdout"]).read_text()
+    assert f"pretrain {pixel.run_id} epoch 1/1 done step 8/8 loss " in logs  # a log a user can tail

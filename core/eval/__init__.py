@@ -21,6 +21,7 @@ from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
 from core.eval.common import (KINDS, PROTOCOLS, Record, Session, check_protocol, encoder_state, eval_data,
                               eval_run_id, load_init, session)
+from core.progress import tensorboard_dir
 
 __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
 
@@ -46,7 +47,7 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     done = results.read_record(cfg.run.results_dir, eid)
     if done and done.get("status") == "done":
         return done
-    check_dataset_path(cfg.data)
+    check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
     if state is None:
         from core.train import load_pretrained_encoder
         state = load_pretrained_encoder(cfg, parent)[1]
@@ -92,6 +93,14 @@ RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,
 
 
 def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict) -> dict:
+    # however early it fails from here on (data unreadable, a bug) or if Ctrl-C stops it, the
+    # record ends with its status and reason
+    with results.ending_recorded(cfg.run.results_dir, eid, kind=kind, parent=parent, preset=cfg.run.preset,
+                                 config=cfg.to_dict()):
+        return _run_recorded(cfg, kind, eid, parent, state, progress, extra)
+
+
+def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict) -> dict:
     from core.train import StopFlag
 
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
@@ -100,8 +109,10 @@ def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra:
     dist = init_distributed(device)  # torchrun or a cluster job: DDP over its processes
     # kNN trains nothing: no checkpoints; the others save every epoch and at a stop signal
     ckpt = None if kind == "knn" else os.path.join(cfg.run.work_dir, eid)
-    with StopFlag() as stop, session(Session(dist, stop, ckpt)):
-        record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, **extra)
+    tb = tensorboard_dir(cfg.run.results_dir, eid)
+    record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, tensorboard_dir=tb,
+                    **extra)
+    with StopFlag() as stop, session(Session(dist, stop, ckpt, record, tb)):
         record.write("running")
         t0 = time.perf_counter()
         try:
@@ -110,8 +121,7 @@ def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra:
             record.write("preempted", reason=f"signal {stop.signum}", wall_time_s=time.perf_counter() - t0)
             raise
         except BaseException as e:  # recorded, then raised on: TrainingFailed, a bad batch size, Ctrl-C, a bug
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e) or type(e).__name__)
-            record.write("failed", reason=reason, wall_time_s=time.perf_counter() - t0)
+            record.write(results.end_status(e), reason=results.reason(e), wall_time_s=time.perf_counter() - t0)
             raise
         return record.write("done", finished_at=results.now(), wall_time_s=time.perf_counter() - t0,
                             checkpoint_dir=os.path.abspath(ckpt) if ckpt else None, **out)

@@ -24,12 +24,14 @@ from core.device import autocast
 from core.distributed import DistInfo, all_sum, any_rank
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.model import ARCHS, ViTEncoder
+from core.progress import Progress, show_bar
 
 PROTOCOLS = ("linprobe", "finetune", "partial", "knn")
 KINDS = PROTOCOLS + ("scratch",)
 # Images per forward pass of a frozen encoder and per validation batch: bounds memory (a linear
 # probe batch is 16384 images at the paper preset), changes no result.
 CHUNK = 256
+LOG_EVERY = 50  # steps between the training loop's log lines (one host sync each)
 
 
 # --------------------------------------------------------------------------- the session
@@ -41,6 +43,8 @@ class Session:
     dist: DistInfo = DistInfo()
     stop: object = None  # core.train.StopFlag; None: never stops early
     ckpt_dir: str | None = None  # None: no checkpoints (nothing to resume)
+    record: "Record | None" = None  # the evaluation's record: `fit` writes its progress every epoch
+    tb_dir: str | None = None  # TensorBoard event files of the evaluation
 
     def stopping(self, device) -> bool:
         return self.stop is not None and any_rank(bool(self.stop), device)
@@ -111,7 +115,7 @@ class Record:
     """An evaluation's run record: 'running' when it starts, then 'done', or 'failed' with a reason."""
 
     def __init__(self, cfg: Config, run_id: str, kind: str, parent: str | None, device, **extra):
-        self.results_dir = cfg.run.results_dir
+        self.results_dir, self.run_id = cfg.run.results_dir, run_id
         self.base = {"run_id": run_id, "kind": kind, "parent": parent, "preset": cfg.run.preset,
                      "config": cfg.to_dict(), "protocol_config": _plain(dataclasses.asdict(section(cfg, kind))),
                      "started_at": results.now(), **results.environment(device), **extra}
@@ -286,7 +290,7 @@ def frozen_features(encoder, imgs: torch.Tensor, pool: str, precision: str, devi
 def extract(encoder, loader: EpochLoader, pool: str, precision: str, device, desc: str, progress: bool):
     """Features and labels of a whole split, in dataset order (the loader must not shuffle)."""
     feats, labels = [], []
-    for imgs, y, _ in tqdm(loader.epoch(0), total=loader.steps_per_epoch, desc=desc, disable=not progress,
+    for imgs, y, _ in tqdm(loader.epoch(0), total=loader.steps_per_epoch, desc=desc, disable=not show_bar(progress),
                            unit="batch", dynamic_ncols=True, mininterval=1.0):
         if imgs.shape[0]:
             feats.append(frozen_features(encoder, imgs.to(device, non_blocking=True), pool, precision, device))
@@ -378,8 +382,11 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 "ema": ema.module.state_dict() if ema is not None else None, "history": history, "step": step,
                 "count": count, "loss_sum": loss_sum.cpu(), "torch_rng": torch.get_rng_state()}, keep=1)
 
-    bar = tqdm(total=epochs * loader.steps_per_epoch, initial=step, disable=not (progress and ses.dist.is_main),
+    bar = tqdm(total=epochs * loader.steps_per_epoch, initial=step, disable=not show_bar(progress and ses.dist.is_main),
                unit="step", desc=desc, dynamic_ncols=True, mininterval=1.0)
+    meter = Progress(ses.record.run_id if ses.record else desc, epochs=epochs,
+                     steps_per_epoch=loader.steps_per_epoch, step=step, tb_dir=ses.tb_dir, main=ses.dist.is_main,
+                     images_per_step=loader.batch_size * getattr(loader, "world", 1), log=progress)
     try:
         for epoch in range(start_epoch, epochs):
             model.train()
@@ -406,6 +413,8 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 step += 1
                 scheduler.step_update(step)
                 bar.update(1)
+                if step % LOG_EVERY == 0:
+                    meter.step(step, loss.item() if count else None, optimizer.param_groups[0]["lr"])
                 if ses.stopping(device):
                     save()
                     raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
@@ -422,6 +431,11 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 history[f"val_top5{name}"].append(top5)
             bar.set_postfix(loss=f"{mean:.4f}", top1=f"{history['val_top1'][-1]:.1f}")
             save()
+            payload = meter.epoch_end(epoch, step, mean, optimizer.param_groups[0]["lr"],
+                                      **{k: v[-1] for k, v in history.items() if k.startswith("val_")})
+            if ses.record is not None:
+                ses.record.write("running", history=history, progress=payload)
     finally:
         bar.close()
+        meter.close()
     return history

@@ -38,6 +38,7 @@ from core.checkpoint import atomic_write
 from core.config import config_hash
 from core.data import EpochLoader, Transformed, build_dataset, collate_skipping, eval_transform, pretrain_transform
 from core.errors import DataError, TrainingFailed, UserError
+from core.progress import Progress, show_bar, tensorboard_dir
 from core.targets import Target, cross_entropy_patch_loss, load_cached
 from core.targets.pca import dataset_identity
 
@@ -118,14 +119,16 @@ def tokenizer_id(key: dict) -> str:
     return "tok-" + config_hash(key)
 
 
-def train_tokenizer(dataset, model_cfg, data_cfg, key: dict, device, progress: bool = False) -> dict:
-    """Train the in-suite dVAE; returns {"model": state dict, "key", "record"}."""
+def train_tokenizer(dataset, model_cfg, data_cfg, key: dict, device, progress: bool = False,
+                    results_dir: str | None = None) -> dict:
+    """Train the in-suite dVAE; returns {"model": state dict, "key", "record"}. With `results_dir`
+    its `running` record there shows its progress after every epoch."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG stays
         torch.manual_seed(SEED)
-        return _train(dataset, model_cfg, data_cfg, key, device, progress)
+        return _train(dataset, model_cfg, data_cfg, key, device, progress, results_dir)
 
 
-def _train(dataset, model_cfg, data_cfg, key, device, progress) -> dict:
+def _train(dataset, model_cfg, data_cfg, key, device, progress, results_dir=None) -> dict:
     view = key["view"]
     model = DVAE(key["vocab"], key["width"]).to(device)
     tf = pretrain_transform(data_cfg.augmentation, model_cfg.img_size, data_cfg.mean, data_cfg.std)
@@ -136,7 +139,13 @@ def _train(dataset, model_cfg, data_cfg, key, device, progress) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     history, step, t0 = [], 0, time.perf_counter()
     log_v = math.log(key["vocab"])
-    bar = tqdm(total=total, disable=not progress, unit="step", desc=f"tokenizer {tokenizer_id(key)}")
+    rid = tokenizer_id(key)
+    bar = tqdm(total=total, disable=not show_bar(progress), unit="step", desc=f"tokenizer {rid}")
+    tb = tensorboard_dir(results_dir, rid) if results_dir else None
+    meter = Progress(f"tokenizer {rid}", epochs=key["epochs"], steps_per_epoch=loader.steps_per_epoch,
+                     images_per_step=loader.batch_size, tb_dir=tb, log=progress)
+    running = {"run_id": rid, "kind": "tokenizer", "status": "running", "tokenizer": key, "started_at": results.now(),
+               "tensorboard_dir": tb, **results.environment(device)}
     for epoch in range(key["epochs"]):
         loss_sum = torch.zeros((), device=device)
         n = 0
@@ -163,8 +172,14 @@ def _train(dataset, model_cfg, data_cfg, key, device, progress) -> dict:
         history.append((loss_sum / max(n, 1)).item())
         if not math.isfinite(history[-1]):
             bar.close()
+            meter.close()
             raise TrainingFailed(f"tokenizer {tokenizer_id(key)}: non-finite loss in epoch {epoch}")
+        payload = meter.epoch_end(epoch, step, history[-1], sched.get_last_lr()[0])
+        if results_dir:
+            results.write_record(results_dir, {**running, "history": {"loss": history}, "progress": payload,
+                                               "updated_at": results.now()})
     bar.close()
+    meter.close()
     wall = time.perf_counter() - t0
     model.eval()
     metrics = evaluate_tokenizer(model, dataset, model_cfg, data_cfg, view, device)
@@ -214,15 +229,16 @@ def prepare_tokenizer(dataset, model_cfg, data_cfg, patch: int, cache_dir: str, 
     blob = load_cached(path, key)
     if blob is None and int(os.environ.get("RANK", 0)) != 0:
         blob = _wait_for(path, key)  # rank 0 trains it; the others wait for its file
+    where = results_dir or cache_dir
     if blob is None:
         print(f"training the dVAE tokenizer {tokenizer_id(key)} (once: cached as {path})", flush=True)
-        blob = train_tokenizer(dataset, model_cfg, data_cfg, key, device, progress)
-        os.makedirs(cache_dir, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(blob, tmp))
+        with results.ending_recorded(where, tokenizer_id(key), kind="tokenizer", tokenizer=key):
+            blob = train_tokenizer(dataset, model_cfg, data_cfg, key, device, progress, where)
+            os.makedirs(cache_dir, exist_ok=True)
+            atomic_write(path, lambda tmp: torch.save(blob, tmp))
     record = {**blob["record"], "weights": os.path.abspath(path)}
     if int(os.environ.get("RANK", 0)) == 0:
-        where = results_dir or cache_dir
-        if results.read_record(where, record["run_id"]) is None:
+        if (results.read_record(where, record["run_id"]) or {}).get("status") != "done":
             results.write_record(where, record)
     model = DVAE(key["vocab"], key["width"])
     model.load_state_dict(blob["model"])
