@@ -248,7 +248,7 @@ def cmd_compare(args):
 
 
 def cmd_report(args):
-    from core.report.report import report_dir, write_report
+    from core.report.report import report_dir, update_readme, write_report
     from core.report.tables import build_tables
     from plots.draw import draw_all
 
@@ -257,6 +257,8 @@ def cmd_report(args):
     out = args.out or report_dir(res.results_dir, args.preset)
     figures = draw_all(res, tables, os.path.join(out, "figures"))
     print(f"report: {write_report(res, tables, figures, out, os.path.join(res.results_dir, 'tables', args.preset))}")
+    if getattr(args, "readme", None):
+        print(f"claims table written into {update_readme(args.readme, res, args.seeds)}")
 
 
 def cmd_demo(args):
@@ -439,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="expect seeds 0 .. N-1 (more are shown once their records exist)")
         p.add_argument("--out", help="output folder")
         p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
+        if name == "report":
+            p.add_argument("--readme", metavar="PATH", help="also regenerate the claims block of this README "
+                           "(between <!-- claims:begin --> and <!-- claims:end -->)")
         if name == "plots":
             p.add_argument("--reconstruct", action="append", metavar="RUN_ID",
                            help="pretraining run to reconstruct images with (repeatable; default: the target "

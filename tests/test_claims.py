@@ -91,3 +91,17 @@ def test_every_claim_names_real_variants_and_paper_rows():
                 assert label in {p for p, _ in abl.variants_for("tiny").values()}, (claim.text, label)
                 assert len(paper[(paper.ablation == comp.ablation) & (paper.variant == label)
                                  & (paper.metric == claim.metric)]), (claim.text, label)
+
+
+def test_readme_results_are_regenerated_from_the_claims(sweep):
+    tmp, overrides = sweep
+    readme = tmp / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- claims:begin -->\nhand-written numbers\n<!-- claims:end -->\nafter\n")
+    args = ["report", "--preset", "tiny", "--seeds", "3", "--out", str(tmp / "r2"), "--readme", str(readme),
+            *NAMES, *overrides]
+    assert run_all.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n<!-- claims:begin -->") and text.endswith("<!-- claims:end -->\nafter\n")
+    assert "hand-written numbers" not in text and "**contradicted**" in text and "do not edit by hand" in text
+    readme.write_text("no markers here\n")
+    assert run_all.main(args) == 2 and readme.read_text() == "no markers here\n"
