@@ -178,7 +178,9 @@ def print_status(plan, cfg, out=print):
         for reason in r["unavailable_reasons"]:
             out(f"  unavailable {r['ablation']}/{reason}")
     finish = expected_finish(statuses)
-    if finish:
+    if finish and finish[0] == 0 and finish[1]:
+        out(f"expected finish: not known until a unit has finished an epoch ({finish[1]} unit(s) to go)")
+    elif finish:
         left, unknown = finish
         out(f"expected finish: {clock(left)[:19].replace('T', ' ')} UTC, in {duration(left)} (units one after "
             f"another, waiting ones at the mean time of finished ones)"

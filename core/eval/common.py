@@ -387,6 +387,7 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
     meter = Progress(ses.record.run_id if ses.record else desc, epochs=epochs,
                      steps_per_epoch=loader.steps_per_epoch, step=step, tb_dir=ses.tb_dir, main=ses.dist.is_main,
                      images_per_step=loader.batch_size * getattr(loader, "world", 1), log=progress)
+    loss = None  # the last batch's, for the log lines
     try:
         for epoch in range(start_epoch, epochs):
             model.train()
@@ -414,7 +415,7 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 scheduler.step_update(step)
                 bar.update(1)
                 if step % LOG_EVERY == 0:
-                    meter.step(step, loss.item() if count else None, optimizer.param_groups[0]["lr"])
+                    meter.step(step, loss.item() if loss is not None else None, optimizer.param_groups[0]["lr"])
                 if ses.stopping(device):
                     save()
                     raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")

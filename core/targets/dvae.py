@@ -51,6 +51,7 @@ TAU = (1.0, 1.0 / 16)  # Gumbel-softmax temperature, annealed exponentially over
 KL_WEIGHT = 0.03  # weight of KL(q || uniform) per token, warmed up linearly over the first 20% of steps
 SEED = 0
 EVAL_IMAGES = 2048
+LOG_EVERY = 50  # steps between log lines (one host sync each)
 
 
 def token_grid(model_cfg, patch: int) -> tuple[int, int]:
@@ -169,6 +170,8 @@ def _train(dataset, model_cfg, data_cfg, key, device, progress, results_dir=None
             loss_sum += mse.detach()
             n, step = n + 1, step + 1
             bar.update(1)
+            if step % LOG_EVERY == 0:
+                meter.step(step, mse.item(), sched.get_last_lr()[0])
         history.append((loss_sum / max(n, 1)).item())
         if not math.isfinite(history[-1]):
             bar.close()
