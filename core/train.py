@@ -33,7 +33,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limi
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop checkpoints at the next optimizer step and stops."""
+    """Set by SIGTERM/SIGUSR1; the loop checkpoints at its next check (every pretrain.log_every
+    optimizer steps and at the end of an epoch) and stops."""
 
     def __init__(self):
         self.signum = None
@@ -266,7 +267,9 @@ class _Run:
             self.save()
 
     def _stopping(self) -> bool:
-        return any_rank(bool(self.stop), self.device)  # one tiny all-reduce a step, with several processes
+        # With several processes an all-reduce and a host sync: asked every log_every steps and at the
+        # end of every epoch, at the same step on every rank (a rank that asked alone would block)
+        return any_rank(bool(self.stop), self.device)
 
     def _check_finite(self, value: float, epoch: int):
         if not math.isfinite(value):
@@ -310,7 +313,9 @@ class _Run:
                 rate = (self.images_seen + images * self.dist.world) / self.train_time()
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{rate:.0f}")
-            if self._stopping() or self.global_step >= end:
+            if self.global_step >= end:
+                break  # the epoch's end checks for a stop signal (train)
+            if self.global_step % p.log_every == 0 and self._stopping():
                 break
         return images * self.dist.world, skipped
 

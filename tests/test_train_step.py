@@ -16,6 +16,7 @@ from core.distributed import DistInfo
 from core.model import MAE
 from core.targets import build_target
 from core.train import _Run, build_optimizer, forward_backward, optimizer_step, pretrain
+from tests.ddp_units import count_syncs_in_step_loop
 
 SHORT = ["data.synthetic_size=32", "pretrain.batch_size=16", "pretrain.epochs=1",
          "pretrain.warmup_epochs=0"]  # 2 steps of 16
@@ -138,36 +139,6 @@ def test_cpu_bf16_plain_attention_computes_what_the_fused_kernel_does(fast_cfg):
 
 
 # --------------------------------------------------------------------------- host syncs
-
-SYNCING = ("item", "__bool__", "__float__", "__int__", "tolist", "nonzero", "numpy", "cpu")
-HOST_SIDE = (os.sep + "torchvision" + os.sep, os.path.join("torch", "utils", "data"),
-             os.path.join("core", "data.py"), os.path.join("core", "masking.py"))
-
-
-def count_syncs_in_step_loop(monkeypatch) -> list[str]:
-    """Patch the Tensor methods that wait for the device; record each call made inside
-    _Run._train_epoch, except by the data pipeline and the mask sampler (CPU tensors by design)."""
-    calls = []
-    for name in SYNCING:
-        real = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _real=real, _name=name, **k):
-            f, in_loop = sys._getframe(1), False
-            caller = f"{f.f_code.co_filename}:{f.f_lineno}"
-            while f is not None:
-                path = f.f_code.co_filename
-                if any(h in path for h in HOST_SIDE):
-                    break
-                if f.f_code.co_name == "_train_epoch" and path.endswith(os.path.join("core", "train.py")):
-                    in_loop = True
-                    break
-                f = f.f_back
-            if in_loop:
-                calls.append(f"{_name} at {caller}")
-            return _real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    return calls
-
 
 @pytest.mark.parametrize("precision,accum", [("fp32", 1), ("fp16", 2)])  # fp16: the GradScaler path
 def test_no_host_sync_per_step(fast_cfg, monkeypatch, precision, accum):

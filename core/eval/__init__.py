@@ -100,7 +100,7 @@ def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra:
     dist = init_distributed(device)  # torchrun or a cluster job: DDP over its processes
     # kNN trains nothing: no checkpoints; the others save every epoch and at a stop signal
     ckpt = None if kind == "knn" else os.path.join(cfg.run.work_dir, eid)
-    with StopFlag() as stop, session(Session(dist, stop, ckpt)):
+    with StopFlag() as stop, session(Session(dist, stop, ckpt, stop_every=cfg.pretrain.log_every)):
         record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, **extra)
         record.write("running")
         t0 = time.perf_counter()

@@ -41,6 +41,9 @@ class Session:
     dist: DistInfo = DistInfo()
     stop: object = None  # core.train.StopFlag; None: never stops early
     ckpt_dir: str | None = None  # None: no checkpoints (nothing to resume)
+    # Training steps between looks at the stop flag (and at every epoch's end). With several
+    # processes a look is an all-reduce and a host sync, so not every step (pretrain.log_every).
+    stop_every: int = 1
 
     def stopping(self, device) -> bool:
         return self.stop is not None and any_rank(bool(self.stop), device)
@@ -338,8 +341,9 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
     history: per-epoch mean loss and val_top1/val_top5<name>.
 
     In a session with several processes the model trains under DDP. With a checkpoint folder it
-    saves after every epoch and, when a stop signal arrives, at the next step (then raises
-    Preempted); it resumes from the newest checkpoint, ending as an uninterrupted run would."""
+    saves after every epoch and, when a stop signal arrives, at the next look at the flag (every
+    `stop_every` steps of the session, and at each epoch's end), then raises Preempted; it resumes
+    from the newest checkpoint, ending as an uninterrupted run would."""
     ses = current()
     history = {"loss": []}
     for name in validators:
@@ -406,7 +410,8 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 step += 1
                 scheduler.step_update(step)
                 bar.update(1)
-                if ses.stopping(device):
+                # the same steps on every rank; the epoch's last step is checked after its save
+                if step % ses.stop_every == 0 and step % loader.steps_per_epoch and ses.stopping(device):
                     save()
                     raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
             total = all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)]))
@@ -422,6 +427,8 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 history[f"val_top5{name}"].append(top5)
             bar.set_postfix(loss=f"{mean:.4f}", top1=f"{history['val_top1'][-1]:.1f}")
             save()
+            if epoch + 1 < epochs and ses.stopping(device):
+                raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
     finally:
         bar.close()
     return history
