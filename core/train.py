@@ -23,8 +23,8 @@ from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
-from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
-from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
+from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
+from core.errors import CheckpointError, DataError, Preempted, TrainingFailed, UserError
 from core.masking import make_mask
 from core.model import MAE
 from core.targets import build_target
@@ -122,9 +122,7 @@ class _Run:
         p = cfg.pretrain
         self.precision = resolve_precision(p.precision, device)
         self.ckpt_dir = ckpt_dir(cfg, run_id)
-        self.micro_batch = p.batch_size // p.accum_iter // dist.world
-        if self.micro_batch < 1:
-            raise ConfigError(f"pretrain.batch_size={p.batch_size} is smaller than accum_iter x world size")
+        self.micro_batch = split_batch(p.batch_size, dist.world, p.accum_iter)  # before anything is written
 
         train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
         self.target = build_target(cfg.model, cfg.data)
@@ -248,10 +246,12 @@ class _Run:
         barrier()
         metrics = {"final_loss": self.history[-1] if self.history else None,
                    "first_loss": self.history[0] if self.history else None}
-        return self.write_record("done", finished_at=results.now(), metrics=metrics,
-                                 wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
-                                 flops_per_image=flops, images_skipped=self.skipped,
-                                 last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+        rec = self.write_record("done", finished_at=results.now(), metrics=metrics,
+                                wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
+                                flops_per_image=flops, images_skipped=self.skipped,
+                                last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+        barrier()  # no rank goes on (to an evaluation that reads this record) before rank 0 has written it
+        return rec
 
     def _end_epoch(self, epoch: int):
         # the epoch's loss over every rank's images, not rank 0's alone

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script
@@ -23,6 +24,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed  # noqa: E402
 
+from core import results  # noqa: E402
 from core.ablation import load_all  # noqa: E402
 from core.config import apply_overrides, build_config  # noqa: E402
 from core.eval import eval_run_id  # noqa: E402
@@ -117,6 +119,17 @@ PROTOCOLS = {"linprobe": ("linprobe", {}), "linprobe_augment": ("linprobe", PAPE
              "finetune": ("finetune", {}), "partial": ("partial", {"eval.finetune.blocks": 2})}
 
 
+def write_done_late(write_record, delay_s: float = 1.0):
+    """results.write_record on rank 0 of a process group, 'done' records written `delay_s` late
+    (as on a slow shared filesystem): the other ranks must not go on to an evaluation that reads
+    the record of the pretraining run before it says done."""
+    def write(results_dir, record):
+        if record.get("status") == "done":
+            time.sleep(delay_s)
+        return write_record(results_dir, record)
+    return write
+
+
 def protocol_plan(overrides) -> Plan:
     """One pretraining run, then each protocol of PROTOCOLS on it."""
     cfg = build_config("tiny", overrides)
@@ -154,7 +167,10 @@ PLANS = {"variants": variant_plan, "protocols": protocol_plan}
 def run(mode: str, overrides, log=lambda *a: None):
     if mode == "syncs":
         return host_syncs(overrides)
-    return run_plan(PLANS[mode](overrides), log=log, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        if mode == "protocols" and os.environ.get("RANK") == "0":
+            mp.setattr(results, "write_record", write_done_late(results.write_record))
+        return run_plan(PLANS[mode](overrides), log=log, progress=False)
 
 
 if __name__ == "__main__":

@@ -153,3 +153,47 @@ def test_two_process_ddp_matches_one_process(ddp_runs, name):
     print(f"{name}: max |w_2proc - w_1proc| = {worst:.2g}")
     for a, b in zip(recs[2]["history"]["loss"], recs[1]["history"]["loss"]):
         assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("batch, world, accum, message", [
+    (100, 2, 3, "pretrain.batch_size=100 does not split into equal micro-batches over 2 processes x "
+                "pretrain.accum_iter=3: use pretrain.batch_size=96 or 102, or pretrain.accum_iter=2 or 5"),
+    (30, 4, 2, "pretrain.batch_size=30 does not split into equal micro-batches over 4 processes x "
+               "pretrain.accum_iter=2: use pretrain.batch_size=24 or 32"),
+    (4, 8, 1, "pretrain.batch_size=4 does not split into equal micro-batches over 8 processes: "
+              "use pretrain.batch_size=8"),
+])
+def test_a_batch_that_does_not_split_names_the_nearest_settings_that_do(batch, world, accum, message):
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        distributed.split_batch(batch, world, accum)
+    assert str(e.value) == message
+    assert distributed.split_batch(4096, 64, 2) == 32
+
+
+def fake_world(monkeypatch, module, world: int):
+    monkeypatch.setattr(module, "init_distributed", lambda device: distributed.DistInfo(0, world, 0))
+
+
+def test_pretraining_batch_that_does_not_split_over_the_processes_stops_before_writing(fast_cfg, monkeypatch):
+    """4 processes x accum_iter=2 and a global batch of 30: one line naming 24 and 32, no record,
+    no checkpoint (it used to train on micro-batches of 3, 24 images a step at the lr of 30)."""
+    import core.train
+    from core import results
+    from core.errors import ConfigError
+    fake_world(monkeypatch, core.train, 4)
+    cfg = fast_cfg("pretrain.batch_size=30", "pretrain.accum_iter=2")
+    with pytest.raises(ConfigError, match=r"pretrain.batch_size=30 does not split .* use pretrain.batch_size=24 or 32$"):
+        core.train.pretrain(cfg, progress=False)
+    assert results.read_record(cfg.run.results_dir, cfg.run_id()) is None
+    assert not os.path.exists(cfg.run.work_dir)
+
+
+def test_evaluation_batch_that_does_not_split_over_the_processes_names_its_setting(fast_cfg, monkeypatch):
+    import core.eval
+    from core.errors import ConfigError
+    fake_world(monkeypatch, core.eval, 4)
+    cfg = fast_cfg("model.img_size=16", "data.synthetic_size=64", "eval.scratch.batch_size=30")
+    with pytest.raises(ConfigError, match=r"^eval.scratch.batch_size=30 does not split into equal micro-batches "
+                                          r"over 4 processes: use eval.scratch.batch_size=28 or 32$"):
+        core.eval.scratch(cfg, progress=False)

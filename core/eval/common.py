@@ -21,7 +21,7 @@ from core import checkpoint, results
 from core.config import Config, _plain, config_hash
 from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, sample_seed
 from core.device import autocast
-from core.distributed import DistInfo, all_sum, any_rank
+from core.distributed import DistInfo, all_sum, any_rank, split_batch
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.model import ARCHS, ViTEncoder
 
@@ -143,15 +143,13 @@ def eval_data(cfg: Config) -> EvalData:
     return EvalData(train, val, len(train.classes))
 
 
-def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device, shard: bool | None = None
-                ) -> EpochLoader:
+def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device, shard: bool | None = None,
+                key: str = "the evaluation batch size") -> EpochLoader:
     """Seeded like pretraining: order from (eval.seed, epoch), augmentation from (eval.seed, epoch, index).
-    Sharded over the ranks (default: training loaders), `batch_size` then being the global batch;
-    feature extraction reads whole splits on every rank."""
+    Sharded over the ranks (default: training loaders), `batch_size` (setting `key`) then being the
+    global batch; feature extraction reads whole splits on every rank."""
     dist = current().dist if (train if shard is None else shard) else DistInfo()
-    if train and batch_size % dist.world:
-        raise ConfigError(f"the evaluation batch {batch_size} does not split over {dist.world} processes")
-    return EpochLoader(Transformed(base, transform), batch_size // dist.world if train else batch_size,
+    return EpochLoader(Transformed(base, transform), split_batch(batch_size, dist.world, key=key) if train else batch_size,
                        cfg.eval.seed, shuffle=train, drop_last=train, num_workers=cfg.data.num_workers,
                        rank=dist.rank, world=dist.world, pin_memory=device.type == "cuda")
 
