@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from core.errors import UserError
+from core.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,29 @@ def init(device: torch.device) -> DistInfo:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                 rank=info.rank, world_size=info.world)
     return info
+
+
+def split_batch(batch: int, world: int, accum: int = 1, key: str = "pretrain.batch_size",
+                accum_key: str = "pretrain.accum_iter") -> int:
+    """The per-process micro-batch of a global batch over `world` processes x `accum` micro-steps.
+    A batch that does not split is refused, naming the nearest settings that do: flooring it would
+    train on fewer images a step than the batch the lr was scaled for."""
+    parts = world * accum
+    if batch % parts == 0:
+        return batch // parts
+    below, above = batch - batch % parts, batch - batch % parts + parts
+    sizes = f"{key}={below} or {above}" if below else f"{key}={above}"
+    hint = ""
+    if accum > 1 and batch % world == 0:  # or keep the batch and change the accumulation
+        per_process = batch // world
+        fits = [a for a in range(1, per_process + 1) if per_process % a == 0]
+        near = sorted({max((a for a in fits if a < accum), default=None), min((a for a in fits if a > accum),
+                                                                             default=None)} - {None})
+        hint = f", or {accum_key}={' or '.join(map(str, near))}"
+    procs = f"{world} process{'es' if world > 1 else ''}"
+    split = f"{procs} x {accum_key}={accum}" if accum > 1 else procs
+    raise ConfigError(f"{key}={batch} does not split into equal micro-batches over {split}: "
+                      f"use {sizes}{hint}")
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

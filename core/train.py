@@ -23,8 +23,8 @@ from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
-from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
-from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
+from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
+from core.errors import CheckpointError, DataError, Preempted, TrainingFailed, UserError
 from core.masking import make_mask
 from core.model import MAE
 from core.progress import Progress, show_bar, tensorboard_dir
@@ -34,7 +34,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limi
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop checkpoints at the next optimizer step and stops."""
+    """Set by SIGTERM/SIGUSR1; the loop checkpoints at its next check (every pretrain.log_every
+    optimizer steps and at the end of an epoch) and stops."""
 
     def __init__(self):
         self.signum = None
@@ -124,9 +125,7 @@ class _Run:
         p = cfg.pretrain
         self.precision = resolve_precision(p.precision, device)
         self.ckpt_dir = os.path.abspath(ckpt_dir(cfg, run_id))  # records hold absolute paths
-        self.micro_batch = p.batch_size // p.accum_iter // dist.world
-        if self.micro_batch < 1:
-            raise ConfigError(f"pretrain.batch_size={p.batch_size} is smaller than accum_iter x world size")
+        self.micro_batch = split_batch(p.batch_size, dist.world, p.accum_iter)  # before anything is written
 
         train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
         self.target = build_target(cfg.model, cfg.data)
@@ -250,10 +249,12 @@ class _Run:
         barrier()
         metrics = {"final_loss": self.history[-1] if self.history else None,
                    "first_loss": self.history[0] if self.history else None}
-        return self.write_record("done", finished_at=results.now(), metrics=metrics,
-                                 wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
-                                 flops_per_image=flops, images_skipped=self.skipped,
-                                 last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+        rec = self.write_record("done", finished_at=results.now(), metrics=metrics,
+                                wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
+                                flops_per_image=flops, images_skipped=self.skipped,
+                                last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+        barrier()  # no rank goes on (to an evaluation that reads this record) before rank 0 has written it
+        return rec
 
     def _end_epoch(self, epoch: int):
         # the epoch's loss over every rank's images, not rank 0's alone
@@ -273,7 +274,9 @@ class _Run:
         return self.optimizer.param_groups[0]["lr"]
 
     def _stopping(self) -> bool:
-        return any_rank(bool(self.stop), self.device)  # one tiny all-reduce a step, with several processes
+        # With several processes an all-reduce and a host sync: asked every log_every steps and at the
+        # end of every epoch, at the same step on every rank (a rank that asked alone would block)
+        return any_rank(bool(self.stop), self.device)
 
     def _check_finite(self, value: float, epoch: int):
         if not math.isfinite(value):
@@ -318,7 +321,9 @@ class _Run:
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{rate:.0f}")
                 self.meter.step(self.global_step, value, self._lr())
-            if self._stopping() or self.global_step >= end:
+            if self.global_step >= end:
+                break  # the epoch's end checks for a stop signal (train)
+            if self.global_step % p.log_every == 0 and self._stopping():
                 break
         return images * self.dist.world, skipped
 

@@ -1,17 +1,19 @@
-"""Distributed set-up: launcher variables from torchrun or submitit, and a real 2-process gloo DDP run
-against a 1-process run with the same global batch."""
+"""Distributed set-up: launcher variables from torchrun or submitit, and real 2-process gloo DDP runs
+(pretraining and each trained evaluation protocol) against 1-process runs with the same global batch."""
 import contextlib
+import math
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from core import distributed
+from core.config import build_config
 from core.errors import UserError
-from tests.conftest import FAST, ROOT
+from tests import ddp_units
+from tests.conftest import FAST
+from tests.ddp_units import LAUNCH_VARS  # noqa: F401  (tests/test_eval.py and test_submit.py import it from here)
 
 # Deterministic grid masks: the only randomness left is per-sample (augmentation seeded by image
 # index), so 2 ranks x half batches compute the 1-process gradients up to summation order.
@@ -20,8 +22,6 @@ DDP = FAST + ["model.mask_strategy=grid", "pretrain.accum_iter=2", "pretrain.pre
 # Measured: max |w_2proc - w_1proc| = 1.3e-5 after 16 steps (the updates themselves are ~1e-3);
 # ranks that stepped on their own halves without averaging would differ by about the update size.
 DDP_ATOL = 1e-4
-
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture
@@ -81,12 +81,6 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def final_weights(cfg):
-    from core import checkpoint
-    from core.train import ckpt_dir
-    return checkpoint.latest(ckpt_dir(cfg))[0]["model"]
-
-
 def assert_weights_close(a, b, atol=DDP_ATOL):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -94,23 +88,112 @@ def assert_weights_close(a, b, atol=DDP_ATOL):
     return worst
 
 
-def test_torchrun_two_process_gloo_matches_one_process(fast_cfg, tmp_path, clean_env):
-    """`torchrun --nproc_per_node 2 run_all.py pretrain`: gloo DDP on the CPU, accumulation with no_sync
-    on the first micro-step, one record, weights as a single process with the same global batch."""
-    from core import results
-    from core.train import pretrain
+# Each trained protocol on that pretraining run, a few steps each: the linear probe for 2 epochs
+# of 4 steps, full and partial fine-tuning (the last 2 blocks) for 1 epoch of 8 steps. No drop path:
+# its draws come from each process's RNG. The tiny preset's linear probe has no augmentation (its
+# features computed once, every process training the head on the whole batch) and its fine-tuning
+# no mixup or cutmix.
+EVALS = ["eval.linprobe.epochs=2", "eval.linprobe.warmup_epochs=1", "eval.linprobe.batch_size=64",
+         "eval.finetune.epochs=1", "eval.finetune.warmup_epochs=0", "eval.finetune.batch_size=32",
+         "eval.finetune.drop_path=0.0"]
 
-    two = fast_cfg(*DDP[len(FAST):], f"run.work_dir={tmp_path / 'w2'}", f"run.results_dir={tmp_path / 'r2'}")
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          os.path.join(ROOT, "run_all.py"), "pretrain", "--quiet", *DDP,
-                          f"run.work_dir={tmp_path / 'w2'}", f"run.results_dir={tmp_path / 'r2'}"],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rec = results.read_record(two.run.results_dir, two.run_id())
-    assert rec["status"] == "done" and rec["world_size"] == 2
-    one = fast_cfg(*DDP[len(FAST):])
-    assert one.run_id() == two.run_id()  # world size is not part of a run: the same run
-    with one_thread():  # as each torchrun process had; and 2 cores shared with the suite
-        pretrain(one, progress=False)
-    assert_weights_close(final_weights(two), final_weights(one))
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """tests/ddp_units.py `protocols` (pretraining with accum_iter=2, then each trained protocol on
+    it) once under `torchrun --nproc_per_node 2` and once in this process: {world size: config},
+    and the run ids by name."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    args = {n: [*DDP, *EVALS, f"run.work_dir={tmp / f'w{n}'}", f"run.results_dir={tmp / f'r{n}'}"] for n in (1, 2)}
+    out = ddp_units.launch("protocols", tmp / "status.json", *args[2], cwd=tmp)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    with pytest.MonkeyPatch.context() as mp, one_thread():  # one thread: as each torchrun process had
+        for name in LAUNCH_VARS:
+            mp.delenv(name, raising=False)
+        one = ddp_units.run("protocols", args[1])
+    ids = ddp_units.protocol_ids(args[1])
+    assert ddp_units.result(tmp / "status.json") == one == {rid: "done" for rid in ids.values()}
+    return {n: build_config("tiny", args[n]) for n in (1, 2)}, ids
+
+
+def unit_weights(cfg, run_id):
+    from core import checkpoint
+    return checkpoint.latest(os.path.join(cfg.run.work_dir, run_id))[0]["model"]
+
+
+# name -> max |w_2proc - w_1proc| allowed on the final weights (fp32 throughout), measured on this
+# machine with the numbers in the comments; "no DDP" is the same 2-process run with the
+# DistributedDataParallel wrapper removed (each rank stepping on its own half of the batch).
+MATCH = {
+    # 16 AdamW steps: measured 1.3e-5 (no DDP: 1.6e-3)
+    "pretrain": DDP_ATOL,
+    # LARS on the head, 8 steps: every process trains on the whole batch of precomputed features, so
+    # DDP averages equal gradients; what is checked is that nothing else differs. Measured: TODO
+    "linprobe": 1e-4,
+    # 8 AdamW steps with layer decay: measured TODO (no DDP: TODO)
+    "finetune": 1e-3,
+    # the last 2 blocks, norm and head, 8 steps: measured TODO (no DDP: TODO)
+    "partial": 1e-3,
+}
+
+
+@pytest.mark.parametrize("name", list(MATCH))
+def test_two_process_ddp_matches_one_process(ddp_runs, name):
+    """Pretraining with accum_iter=2 (no_sync on the first micro-step) and each trained evaluation
+    protocol: 2 gloo processes, each half of the global batch (sharded data, validation summed over
+    the ranks), end with the weights and losses of one process with the same global batch. One
+    record per run, of world size 2."""
+    from core import results
+
+    cfgs, ids = ddp_runs
+    recs = {n: results.read_record(cfgs[n].run.results_dir, ids[name]) for n in (1, 2)}
+    assert recs[2]["status"] == "done" and recs[2]["world_size"] == 2 and recs[1]["world_size"] == 1
+    assert len(os.listdir(os.path.join(cfgs[2].run.results_dir, "runs"))) == len(ids)
+    worst = assert_weights_close(*(unit_weights(cfgs[n], ids[name]) for n in (2, 1)), atol=MATCH[name])
+    print(f"{name}: max |w_2proc - w_1proc| = {worst:.2g}")
+    for a, b in zip(recs[2]["history"]["loss"], recs[1]["history"]["loss"]):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("batch, world, accum, message", [
+    (100, 2, 3, "pretrain.batch_size=100 does not split into equal micro-batches over 2 processes x "
+                "pretrain.accum_iter=3: use pretrain.batch_size=96 or 102, or pretrain.accum_iter=2 or 5"),
+    (30, 4, 2, "pretrain.batch_size=30 does not split into equal micro-batches over 4 processes x "
+               "pretrain.accum_iter=2: use pretrain.batch_size=24 or 32"),
+    (4, 8, 1, "pretrain.batch_size=4 does not split into equal micro-batches over 8 processes: "
+              "use pretrain.batch_size=8"),
+])
+def test_a_batch_that_does_not_split_names_the_nearest_settings_that_do(batch, world, accum, message):
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        distributed.split_batch(batch, world, accum)
+    assert str(e.value) == message
+    assert distributed.split_batch(4096, 64, 2) == 32
+
+
+def fake_world(monkeypatch, module, world: int):
+    monkeypatch.setattr(module, "init_distributed", lambda device: distributed.DistInfo(0, world, 0))
+
+
+def test_pretraining_batch_that_does_not_split_over_the_processes_stops_before_writing(fast_cfg, monkeypatch):
+    """4 processes x accum_iter=2 and a global batch of 30: one line naming 24 and 32, no record,
+    no checkpoint (it used to train on micro-batches of 3, 24 images a step at the lr of 30)."""
+    import core.train
+    from core import results
+    from core.errors import ConfigError
+    fake_world(monkeypatch, core.train, 4)
+    cfg = fast_cfg("pretrain.batch_size=30", "pretrain.accum_iter=2")
+    with pytest.raises(ConfigError, match=r"pretrain.batch_size=30 does not split .* use pretrain.batch_size=24 or 32$"):
+        core.train.pretrain(cfg, progress=False)
+    assert results.read_record(cfg.run.results_dir, cfg.run_id()) is None
+    assert not os.path.exists(cfg.run.work_dir)
+
+
+def test_evaluation_batch_that_does_not_split_over_the_processes_names_its_setting(fast_cfg, monkeypatch):
+    import core.eval
+    from core.errors import ConfigError
+    fake_world(monkeypatch, core.eval, 4)
+    cfg = fast_cfg("model.img_size=16", "data.synthetic_size=64", "eval.scratch.batch_size=30")
+    with pytest.raises(ConfigError, match=r"^eval.scratch.batch_size=30 does not split into equal micro-batches "
+                                          r"over 4 processes: use eval.scratch.batch_size=28 or 32$"):
+        core.eval.scratch(cfg, progress=False)

@@ -267,9 +267,11 @@ def test_stop_signal_mid_epoch_saves_and_the_rerun_ends_as_an_uninterrupted_one(
     cfg = fast_cfg(*SCRATCH3, f"run.results_dir={tmp_path}/r2", f"run.work_dir={tmp_path}/w2")
     real, calls = core.eval.common.autocast, []
 
-    def autocast_then_signal(*a, **k):  # the 6th training step of epoch 2 (4 steps an epoch + 1 validation)
+    # the 2nd training step of epoch 2 (4 steps an epoch, then 2 x 4 validation batches: raw and EMA
+    # weights); the flag is looked at every pretrain.log_every=2 steps, so the run stops after step 6
+    def autocast_then_signal(*a, **k):
         calls.append(1)
-        if len(calls) == 11:
+        if len(calls) == 14:
             os.kill(os.getpid(), signal.SIGUSR1)
         return real(*a, **k)
     monkeypatch.setattr(core.eval.common, "autocast", autocast_then_signal)
@@ -278,7 +280,7 @@ def test_stop_signal_mid_epoch_saves_and_the_rerun_ends_as_an_uninterrupted_one(
     rec = results.read_record(cfg.run.results_dir, ref["run_id"])
     assert rec["status"] == "preempted" and rec["reason"] == f"signal {int(signal.SIGUSR1)}"
     saved = eval_checkpoint(cfg, ref["run_id"])
-    assert 4 < saved["step"] < 8 and len(saved["history"]["loss"]) == 1  # mid epoch 2
+    assert saved["step"] == 6 and len(saved["history"]["loss"]) == 1  # mid epoch 2
     monkeypatch.setattr(core.eval.common, "autocast", real)
     done = scratch(cfg, progress=False)
     assert done["status"] == "done" and done["history"] == ref["history"] and done["metrics"] == ref["metrics"]

@@ -16,6 +16,7 @@ from core.distributed import DistInfo
 from core.model import MAE
 from core.targets import build_target
 from core.train import _Run, build_optimizer, forward_backward, optimizer_step, pretrain
+from tests.ddp_units import count_syncs_in_step_loop, launch, result
 
 SHORT = ["data.synthetic_size=32", "pretrain.batch_size=16", "pretrain.epochs=1",
          "pretrain.warmup_epochs=0"]  # 2 steps of 16
@@ -139,34 +140,7 @@ def test_cpu_bf16_plain_attention_computes_what_the_fused_kernel_does(fast_cfg):
 
 # --------------------------------------------------------------------------- host syncs
 
-SYNCING = ("item", "__bool__", "__float__", "__int__", "tolist", "nonzero", "numpy", "cpu")
-HOST_SIDE = (os.sep + "torchvision" + os.sep, os.path.join("torch", "utils", "data"),
-             os.path.join("core", "data.py"), os.path.join("core", "masking.py"))
-
-
-def count_syncs_in_step_loop(monkeypatch) -> list[str]:
-    """Patch the Tensor methods that wait for the device; record each call made inside
-    _Run._train_epoch, except by the data pipeline and the mask sampler (CPU tensors by design)."""
-    calls = []
-    for name in SYNCING:
-        real = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _real=real, _name=name, **k):
-            f, in_loop = sys._getframe(1), False
-            caller = f"{f.f_code.co_filename}:{f.f_lineno}"
-            while f is not None:
-                path = f.f_code.co_filename
-                if any(h in path for h in HOST_SIDE):
-                    break
-                if f.f_code.co_name == "_train_epoch" and path.endswith(os.path.join("core", "train.py")):
-                    in_loop = True
-                    break
-                f = f.f_back
-            if in_loop:
-                calls.append(f"{_name} at {caller}")
-            return _real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    return calls
+SYNC_RUN = ["data.synthetic_size=32", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0"]
 
 
 @pytest.mark.parametrize("precision,accum", [("fp32", 1), ("fp16", 2)])  # fp16: the GradScaler path
@@ -174,13 +148,63 @@ def test_no_host_sync_per_step(fast_cfg, monkeypatch, precision, accum):
     """4 steps with log_every=100: nothing in the loop waits for the device. With log_every=2
     the loss is read exactly every second step (so the spy does see syncs)."""
     calls = count_syncs_in_step_loop(monkeypatch)
-    small = ["data.synthetic_size=32", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0",
-             f"pretrain.precision={precision}", f"pretrain.accum_iter={accum}"]
+    small = [*SYNC_RUN, f"pretrain.precision={precision}", f"pretrain.accum_iter={accum}"]
     rec = pretrain(fast_cfg(*small, "pretrain.log_every=100"), progress=False)
     assert rec["status"] == "done" and calls == []
     if precision == "fp32":  # the spy works: a loss read every second step is seen (fp16 is slow on CPUs)
         pretrain(fast_cfg(*small, "pretrain.log_every=2", "pretrain.seed=1"), progress=False)
         assert len(calls) == 2 and all(c.startswith("item at") and "train.py" in c for c in calls), calls
+
+
+def test_no_host_sync_per_step_under_two_process_ddp(tmp_path, dirs):
+    """The same 4 steps under `torchrun --nproc_per_node 2` (gloo, accum_iter=2): the stop-flag vote
+    is an all-reduce whose result the host reads, so it is taken every log_every steps, not every
+    step. log_every=100: nothing in either rank's loop waits. log_every=2: at step 2 the loss and
+    the vote, at step 4 the loss (the epoch's end, where train() votes outside the loop)."""
+    from tests.conftest import FAST
+    out = launch("syncs", tmp_path / "syncs.json", *FAST, *dirs, *SYNC_RUN, "pretrain.precision=fp32",
+                 "pretrain.accum_iter=2", cwd=tmp_path)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    syncs = result(tmp_path / "syncs.json")
+    assert syncs["quiet"] == [[], []]
+    where = [[(c.split()[0], os.path.basename(c.split()[-1]).split(":")[0]) for c in calls] for calls in syncs["logged"]]
+    assert where == [[("item", "train.py"), ("item", "distributed.py"), ("item", "train.py")]] * 2, syncs["logged"]
+
+
+def test_stop_flag_is_looked_at_every_log_every_steps(fast_cfg, monkeypatch):
+    """Pretraining: a stop signal during step 4 with log_every=3 stops the run after step 6, the
+    next look (all ranks look at the same steps), with a checkpoint of step 6."""
+    import signal
+
+    import core.train
+    from core.errors import Preempted
+    real, calls = core.train.optimizer_step, []
+
+    def step_then_signal(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+    monkeypatch.setattr(core.train, "optimizer_step", step_then_signal)
+    cfg = fast_cfg("data.synthetic_size=64", "pretrain.batch_size=8", "pretrain.epochs=1",
+                   "pretrain.warmup_epochs=0", "pretrain.log_every=3")
+    with pytest.raises(Preempted, match="at step 6;"):
+        pretrain(cfg, progress=False)
+    assert len(calls) == 6 and checkpoint.latest(core.train.ckpt_dir(cfg))[0]["global_step"] == 6
+
+
+@pytest.mark.parametrize("log_every, looks", [(3, 3), (100, 1)])
+def test_evaluation_loop_looks_at_the_stop_flag_every_log_every_steps(fast_cfg, monkeypatch, log_every, looks):
+    """Evaluation training (here the scratch baseline: 2 epochs of 4 steps): the flag is looked at
+    every pretrain.log_every steps and after each epoch but the last (its checkpoint just
+    written); log_every=3: after steps 3, 4 (the epoch's end) and 6. It was every step."""
+    import core.eval.common
+    from core.eval import scratch
+    real, seen = core.eval.common.any_rank, []
+    monkeypatch.setattr(core.eval.common, "any_rank", lambda *a: seen.append(1) or real(*a))
+    cfg = fast_cfg("model.img_size=16", "data.synthetic_size=64", "eval.scratch.epochs=2",
+                   "eval.scratch.warmup_epochs=0", "eval.scratch.batch_size=16", f"pretrain.log_every={log_every}")
+    assert scratch(cfg, progress=False)["status"] == "done" and len(seen) == looks
 
 
 # --------------------------------------------------------------------------- DDP, optimizer, loader

@@ -112,7 +112,8 @@ def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: boo
     tb = tensorboard_dir(cfg.run.results_dir, eid)
     record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, tensorboard_dir=tb,
                     **extra)
-    with StopFlag() as stop, session(Session(dist, stop, ckpt, record, tb)):
+    with StopFlag() as stop, session(Session(dist, stop, ckpt, record=record, tb_dir=tb,
+                                             stop_every=cfg.pretrain.log_every)):
         record.write("running")
         t0 = time.perf_counter()
         try:

@@ -21,7 +21,7 @@ from core import checkpoint, results
 from core.config import Config, _plain, config_hash
 from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, sample_seed
 from core.device import autocast
-from core.distributed import DistInfo, all_sum, any_rank
+from core.distributed import DistInfo, all_sum, any_rank, split_batch
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
 from core.model import ARCHS, ViTEncoder
 from core.progress import Progress, show_bar
@@ -45,6 +45,9 @@ class Session:
     ckpt_dir: str | None = None  # None: no checkpoints (nothing to resume)
     record: "Record | None" = None  # the evaluation's record: `fit` writes its progress every epoch
     tb_dir: str | None = None  # TensorBoard event files of the evaluation
+    # Training steps between looks at the stop flag (and at every epoch's end). With several
+    # processes a look is an all-reduce and a host sync, so not every step (pretrain.log_every).
+    stop_every: int = 1
 
     def stopping(self, device) -> bool:
         return self.stop is not None and any_rank(bool(self.stop), device)
@@ -144,15 +147,13 @@ def eval_data(cfg: Config) -> EvalData:
     return EvalData(train, val, len(train.classes))
 
 
-def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device, shard: bool | None = None
-                ) -> EpochLoader:
+def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device, shard: bool | None = None,
+                key: str = "the evaluation batch size") -> EpochLoader:
     """Seeded like pretraining: order from (eval.seed, epoch), augmentation from (eval.seed, epoch, index).
-    Sharded over the ranks (default: training loaders), `batch_size` then being the global batch;
-    feature extraction reads whole splits on every rank."""
+    Sharded over the ranks (default: training loaders), `batch_size` (setting `key`) then being the
+    global batch; feature extraction reads whole splits on every rank."""
     dist = current().dist if (train if shard is None else shard) else DistInfo()
-    if train and batch_size % dist.world:
-        raise ConfigError(f"the evaluation batch {batch_size} does not split over {dist.world} processes")
-    return EpochLoader(Transformed(base, transform), batch_size // dist.world if train else batch_size,
+    return EpochLoader(Transformed(base, transform), split_batch(batch_size, dist.world, key=key) if train else batch_size,
                        cfg.eval.seed, shuffle=train, drop_last=train, num_workers=cfg.data.num_workers,
                        rank=dist.rank, world=dist.world, pin_memory=device.type == "cuda")
 
@@ -342,8 +343,9 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
     history: per-epoch mean loss and val_top1/val_top5<name>.
 
     In a session with several processes the model trains under DDP. With a checkpoint folder it
-    saves after every epoch and, when a stop signal arrives, at the next step (then raises
-    Preempted); it resumes from the newest checkpoint, ending as an uninterrupted run would."""
+    saves after every epoch and, when a stop signal arrives, at the next look at the flag (every
+    `stop_every` steps of the session, and at each epoch's end), then raises Preempted; it resumes
+    from the newest checkpoint, ending as an uninterrupted run would."""
     ses = current()
     history = {"loss": []}
     for name in validators:
@@ -416,7 +418,8 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 bar.update(1)
                 if step % LOG_EVERY == 0:
                     meter.step(step, loss.item() if loss is not None else None, optimizer.param_groups[0]["lr"])
-                if ses.stopping(device):
+                # the same steps on every rank; the epoch's last step is checked after its save
+                if step % ses.stop_every == 0 and step % loader.steps_per_epoch and ses.stopping(device):
                     save()
                     raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
             total = all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)]))
@@ -436,6 +439,8 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                                       **{k: v[-1] for k, v in history.items() if k.startswith("val_")})
             if ses.record is not None:
                 ses.record.write("running", history=history, progress=payload)
+            if epoch + 1 < epochs and ses.stopping(device):
+                raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
     finally:
         bar.close()
         meter.close()

@@ -107,7 +107,8 @@ def train_transform(r, cfg):
 def run(cfg, kind, state, data, device, precision, progress) -> dict:
     r = cfg.eval.scratch if kind == "scratch" else cfg.eval.finetune
     model, optimizer = build(cfg, kind, state, data.num_classes, device)
-    loader = make_loader(cfg, data.train, train_transform(r, cfg), r.batch_size, True, device)
+    loader = make_loader(cfg, data.train, train_transform(r, cfg), r.batch_size, True, device,
+                         key=f"eval.{'scratch' if kind == 'scratch' else 'finetune'}.batch_size")
     val_loader = make_loader(cfg, data.val, eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std),
                              min(r.batch_size, 256), False, device, shard=True)  # accuracy summed over ranks
     mixup = None

@@ -66,7 +66,7 @@ def run(cfg, state, data, device, precision, progress) -> dict:
     if lp.augment:  # the paper's protocol: a fresh crop and flip of every image in every epoch
         model = LinearProbe(encoder, head, lp.pool, precision, device)
         loader = make_loader(cfg, data.train, linprobe_train_transform(m.img_size, d.mean, d.std), lp.batch_size,
-                             True, device)
+                             True, device, key="eval.linprobe.batch_size")
     else:  # no augmentation: every epoch would see the same features, so compute them once
         train_f, train_y = extract(encoder, make_loader(cfg, data.train, val_tf, lp.batch_size, False, device),
                                    lp.pool, precision, device, "linprobe train features", progress)
