@@ -113,7 +113,7 @@ def cmd_run(args):
     rehearsal = args.preset == REHEARSAL
     if rehearsal and "RANK" not in os.environ:  # not yet under torchrun: launch it, then sum up
         return cmd_rehearse(args)
-    if args.nproc is not None and not rehearsal:
+    if getattr(args, "nproc", None) is not None and not rehearsal:
         from core.errors import UserError
         raise UserError("--nproc is for --rehearse (other runs: torchrun --nproc_per_node N run_all.py run ...)")
     plan, overrides = _plan(args)
@@ -153,7 +153,7 @@ def cmd_rehearse(args):
     ensure_data(cfg)
     if os.path.exists(outcome_path(cfg)):
         os.remove(outcome_path(cfg))  # a summary never shows an earlier rehearsal's outcome
-    nproc = args.nproc or 2
+    nproc = getattr(args, "nproc", None) or 2
     print(f"rehearsal: {len(plan.units)} units under torchrun --nproc_per_node {nproc}", flush=True)
     rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                           os.path.join(ROOT, "run_all.py"), "run", "--rehearse", "--quiet", "--seeds", str(args.seeds),

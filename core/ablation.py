@@ -15,12 +15,12 @@ from core.config import PLAN_OF
 from core.errors import UserError
 
 PAPER_PRESET = "paper"
+SMALL_EVALS = ("linprobe", "knn")  # what small presets evaluate unless an ablation says otherwise
 
 
 def follows_paper(preset: str) -> bool:
     """Whether a preset runs the paper's variants and evaluations (paper itself, the rehearsal)."""
     return PLAN_OF.get(preset, preset) == PAPER_PRESET
-SMALL_EVALS = ("linprobe", "knn")  # what small presets evaluate unless an ablation says otherwise
 
 
 @dataclass(frozen=True)
