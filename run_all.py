@@ -107,27 +107,76 @@ def _plan(args):
 
 
 def cmd_run(args):
-    from core.config import build_config
+    from core.config import REHEARSAL, build_config
     from core.device import thread_count
     from core.distributed import from_env
     from core.parallel import default_jobs, run_plan_parallel
     from core.sweep import run_plan
 
+    rehearsal = args.preset == REHEARSAL
+    if rehearsal and "RANK" not in os.environ:  # not yet under torchrun: launch it, then sum up
+        return cmd_rehearse(args)
+    if getattr(args, "nproc", None) is not None and not rehearsal:
+        from core.errors import UserError
+        raise UserError("--nproc is for --rehearse (other runs: torchrun --nproc_per_node N run_all.py run ...)")
     plan, overrides = _plan(args)
     cfg = build_config(args.preset, overrides)
-    print(f"{len(plan.pretrains)} pretraining runs and {len(plan.evals)} evaluations for "
-          f"{len({c.ablation for c in plan.cells})} ablations at preset {args.preset}; records in "
-          f"{os.path.join(cfg.run.results_dir, 'runs')}")
+    main = os.environ.get("RANK", "0") == "0"
+    log = print if main or not rehearsal else (lambda *a: None)
+    log(f"{len(plan.pretrains)} pretraining runs and {len(plan.evals)} evaluations for "
+        f"{len({c.ablation for c in plan.cells})} ablations at preset {args.preset}; records in "
+        f"{os.path.join(cfg.run.results_dir, 'runs')}")
+    reasons = {}
+    if rehearsal:
+        from core.rehearsal import ensure_data, save_outcome
+        ensure_data(cfg, log)  # already there when `run --rehearse` launched this torchrun
     jobs = getattr(args, "jobs", None) or default_jobs()
-    if jobs > 1 and from_env().world == 1:  # under torchrun: one DDP unit at a time, in this process
-        print(f"{jobs} units at a time, {thread_count(jobs)} thread(s) each")
-        status = run_plan_parallel(plan, jobs)
+    if jobs > 1 and not rehearsal and from_env().world == 1:  # under torchrun: one DDP unit at a time
+        log(f"{jobs} units at a time, {thread_count(jobs)} thread(s) each")
+        status = run_plan_parallel(plan, jobs, log=log)
     else:
-        status = run_plan(plan, progress=not args.quiet)
+        status = run_plan(plan, progress=not args.quiet, log=log, keep_going=rehearsal, reasons=reasons)
+    if rehearsal and main:
+        save_outcome(cfg, status, reasons)
     failed = [rid for rid, st in status.items() if st != "done"]
-    print(f"{len(status) - len(failed)} of {len(status)} runs done" +
-          (f"; not done: {', '.join(failed)}" if failed else ""))
+    log(f"{len(status) - len(failed)} of {len(status)} runs done" +
+        (f"; not done: {', '.join(failed)}" if failed else ""))
     if failed:
+        raise SystemExit(1)
+
+
+def cmd_rehearse(args):
+    """`run --rehearse`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
+    processes (every unit in turn, a failed unit does not stop the others), then the rehearsal's
+    tables, report and status, and a summary of every unit with the wall time."""
+    import subprocess
+    import time
+
+    from core.config import build_config
+    from core.rehearsal import ensure_data, load_outcome, outcome_path, summary_lines
+
+    t0 = time.perf_counter()
+    plan, overrides = _plan(args)
+    cfg = build_config(args.preset, overrides)
+    ensure_data(cfg)
+    if os.path.exists(outcome_path(cfg)):
+        os.remove(outcome_path(cfg))  # a summary never shows an earlier rehearsal's outcome
+    nproc = getattr(args, "nproc", None) or 2
+    print(f"rehearsal: {len(plan.units)} units under torchrun --nproc_per_node {nproc}", flush=True)
+    rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                          os.path.join(ROOT, "run_all.py"), "run", "--rehearse", "--quiet", "--seeds", str(args.seeds),
+                          *args.targets])
+    ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=args.targets, out=None, reconstruct=None)
+    broken = []
+    for step in (cmd_tables, cmd_report, cmd_status):  # each is part of what is rehearsed
+        try:
+            step(ns)
+        except Exception as e:  # noqa: BLE001 - reported in the summary, the next step still runs
+            broken.append(f"  {step.__name__[4:]} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+    lines, all_done = summary_lines(plan, cfg, load_outcome(cfg), time.perf_counter() - t0,
+                                    f"torchrun x {nproc}" + (f" (exit code {rc})" if rc else ""))
+    print("\n" + "\n".join(lines + broken))
+    if rc or broken or not all_done:
         raise SystemExit(1)
 
 
@@ -314,6 +363,14 @@ def resolve_preset(args) -> None:
                               + "set data.dataset=imagefolder to train on that folder")
 
 
+def add_preset_args(p: argparse.ArgumentParser):
+    """--preset, or --rehearse: the paper preset's plan at miniature size (core/rehearsal.py)."""
+    group = p.add_mutually_exclusive_group()  # default None: argparse lets a value equal to the default pass
+    group.add_argument("--preset", help="config preset (default tiny)")
+    group.add_argument("--rehearse", dest="preset", action="store_const", const="rehearsal",
+                       help="rehearse the paper sweep at miniature size (= --preset rehearsal; README)")
+
+
 def positive_int(text):
     try:
         value = int(text)
@@ -396,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("run", cmd_run, "run ablation sweeps locally: pretraining, then evaluations"),
                              ("status", cmd_status, "per ablation: runs done, running, failed, pending")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--preset", help="config preset (default tiny)")
+        add_preset_args(p)
         p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
         p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
         if name == "run":
@@ -408,10 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
 
             p.add_argument("--quiet", action="store_true", help="no progress bars")
             p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
+            p.add_argument("--nproc", type=positive_int, help="--rehearse: torchrun processes (default 2)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("submit", help="submit ablation sweeps as cluster job arrays (docs/cluster.md)")
-    p.add_argument("--preset", help="config preset (default tiny)")
+    add_preset_args(p)
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
     p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
     p.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"),
@@ -426,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("cancel", help="cancel the cluster jobs of ablations (or all)")
-    p.add_argument("--preset", help="config preset (default tiny)")
+    add_preset_args(p)
     p.add_argument("--seeds", type=positive_int, default=1)
     p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
     p.set_defaults(func=cmd_cancel)
@@ -438,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("report", cmd_report, "one Markdown report with every table and figure "
                               "(results/report/<preset>/report.md)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--preset", help="config preset (default tiny)")
+        add_preset_args(p)
         p.add_argument("--seeds", type=positive_int, default=1,
                        help="expect seeds 0 .. N-1 (more are shown once their records exist)")
         p.add_argument("--out", help="output folder")

@@ -11,10 +11,16 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 
+from core.config import PLAN_OF
 from core.errors import UserError
 
 PAPER_PRESET = "paper"
 SMALL_EVALS = ("linprobe", "knn")  # what small presets evaluate unless an ablation says otherwise
+
+
+def follows_paper(preset: str) -> bool:
+    """Whether a preset runs the paper's variants and evaluations (paper itself, the rehearsal)."""
+    return PLAN_OF.get(preset, preset) == PAPER_PRESET
 
 
 @dataclass(frozen=True)
@@ -38,17 +44,17 @@ class Ablation:
 
     def variants_for(self, preset: str) -> dict:
         """label -> (paper label or None, overrides) at this preset."""
-        if preset == PAPER_PRESET or self.small_variants is None:
+        if follows_paper(preset) or self.small_variants is None:
             return {label: (label, ov) for label, ov in self.variants.items()}
         return dict(self.small_variants)
 
     def baseline_for(self, preset: str) -> str:
-        if preset == PAPER_PRESET or self.small_baseline is None:
+        if follows_paper(preset) or self.small_baseline is None:
             return self.baseline
         return self.small_baseline
 
     def evals_for(self, preset: str) -> tuple:
-        return self.evals if preset == PAPER_PRESET else self.small_evals
+        return self.evals if follows_paper(preset) else self.small_evals
 
 
 def load_all() -> dict[str, Ablation]:

@@ -308,6 +308,51 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The rehearsal (README "Before you submit: rehearse"): the paper preset's plan, unit for unit and
+# through the same code paths, at miniature size. These two dicts are all it changes.
+REHEARSAL = "rehearsal"
+PRESETS[REHEARSAL] = {
+    **PRESETS["paper"],
+    "run.preset": REHEARSAL,
+    "run.results_dir": "work/rehearsal/results",  # never mixed with real records
+    "run.work_dir": "work/rehearsal/work",
+    "run.device": "cpu",  # a GPU partition: --gpus-per-node 1 run.device=auto
+    "data.path": "work/rehearsal/imagefolder",  # real JPEG files written by core/rehearsal.py
+    "data.num_workers": 1,  # still a loader worker process, not ten per rank
+    # ViT-L's depth and patch size at 32 wide on 64 px: 4 x 4 patches, where grid masking at 0.75 fits
+    "model.arch": "vit_rehearsal_patch16",
+    "model.img_size": 64,
+    "model.pca_samples": 256,  # every patch of the 16 training images
+    "model.dvae_vocab": 64,
+    "model.dvae_width": 16,
+    # 16 images a batch: one optimizer step an epoch, two accumulated micro-batches per process at 2
+    # processes; every evaluation batch splits over 1, 2, 4 or 8 processes
+    "pretrain.batch_size": 16,
+    "pretrain.accum_iter": 2,
+    "pretrain.checkpoint_every": 4,  # 2 checkpoints at 8 epochs, 4 (two of them deleted) at 16
+    "pretrain.log_every": 4,
+    "eval.linprobe.batch_size": 16,
+    "eval.finetune.batch_size": 16,
+    "eval.knn.batch_size": 16,
+    "eval.scratch.batch_size": 16,
+    # one CPU process per job; a unit takes seconds
+    "cluster.nodes": 1,
+    "cluster.gpus_per_node": 0,
+    "cluster.cpus_per_task": 1,
+    "cluster.time": "00:30:00",
+}
+# Settings divided by these numbers (rounded up) once a preset, the overrides and an ablation's
+# variant have set them: the epochs ablation's 100 ... 1600 become 1 ... 16 (800: 8, as the
+# baseline), the decoder widths 128 ... 1024 become 16 ... 128, so no two paper runs become one.
+SCALED: dict[str, dict] = {REHEARSAL: {
+    "pretrain.epochs": 100, "pretrain.warmup_epochs": 100, "model.dvae_epochs": 100, "model.decoder_embed_dim": 8,
+    "eval.linprobe.epochs": 100, "eval.linprobe.warmup_epochs": 100, "eval.finetune.epochs": 100,
+    "eval.finetune.warmup_epochs": 100, "eval.scratch.epochs": 100, "eval.scratch.warmup_epochs": 100,
+}}
+# The preset whose ablation variants and evaluations a preset runs (itself unless listed).
+PLAN_OF = {REHEARSAL: "paper"}
+
+
 def preset_names() -> list[str]:
     return sorted(PRESETS)
 
@@ -322,6 +367,8 @@ def build_config(preset: str = "tiny", overrides: typing.Iterable[str] = (), val
         merged[key] = value
     merged.update(values or {})
     cfg = apply_overrides(Config(), merged)
+    flat = _flat(cfg.to_dict())
+    cfg = apply_overrides(cfg, {k: -(-flat[k] // d) for k, d in SCALED.get(preset, {}).items()})
     validate(cfg)
     return cfg
 

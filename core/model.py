@@ -21,6 +21,8 @@ ARCHS: dict[str, dict] = {
     "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
     "vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
     "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+    # the rehearsal preset: ViT-L's 24 blocks and 16 px patches (every Figure 9 variant builds), 32 wide
+    "vit_rehearsal_patch16": dict(patch_size=16, embed_dim=32, depth=24, num_heads=4),
 }
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)

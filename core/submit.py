@@ -28,6 +28,7 @@ from functools import lru_cache
 
 from core.checkpoint import atomic_write
 from core.errors import ConfigError, UserError
+from core.rehearsal import ensure_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -390,6 +391,8 @@ def submit(names: list[str], preset: str, seeds: int, overrides: list[str], *, d
     cfg = build_config(preset, overrides)
     executor = prepare(cfg, dry_run)
     plan = make_plan(select(names), preset, seeds, overrides)
+    if not dry_run:
+        ensure_data(cfg, log)  # the rehearsal's JPEG folder, on the filesystem the jobs share
     return submit_plan(plan, cfg, executor, dry_run=dry_run, log=log)
 
 

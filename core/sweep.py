@@ -94,9 +94,13 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
     return plan
 
 
-def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress: bool = True) -> dict:
+def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress: bool = True,
+             keep_going: bool = False, reasons: dict | None = None) -> dict:
     """Execute every unit in this process. A failed unit is recorded and the sweep goes on; its
-    evaluations are skipped. Returns {run id: status}."""
+    evaluations are skipped. keep_going (the rehearsal): any error of a unit, a bug or bad input
+    too, fails that unit only. Returns {run id: status}; `reasons` gets {run id: why not done}."""
+    reasons = {} if reasons is None else reasons
+    caught = Exception if keep_going else TrainingFailed
     if pretrain_fn is None:
         from core.train import pretrain as pretrain_fn
     if eval_fn is None:
@@ -109,6 +113,7 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
         who = ", ".join(sorted({f"{a}/{v}" for a, v, _ in unit.users}))
         if unit.parent and status.get(unit.parent, "done") != "done":
             status[unit.run_id] = "skipped"
+            reasons[unit.run_id] = f"its pretraining {unit.parent} is {status[unit.parent]}"
             log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id}: skipped, its pretraining {unit.parent} "
                 f"is {status[unit.parent]}")
             continue
@@ -119,12 +124,17 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
             else:
                 rec = eval_fn(unit.cfg, unit.kind, run_id=unit.parent, progress=progress)
             status[unit.run_id] = rec.get("status", "done")
-        except TrainingFailed as e:
-            status[unit.run_id] = "failed"
-            log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id} ({who}): failed: {e}")
-            continue
         except Preempted:
             raise
+        except caught as e:  # TrainingFailed; in a rehearsal any error: that unit fails, the sweep goes on
+            status[unit.run_id] = "failed"
+            reasons[unit.run_id] = str(e) if isinstance(e, (TrainingFailed, UserError)) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, TrainingFailed):  # however early it failed, its record says why
+                results.mark_ended(unit.cfg.run.results_dir, unit.run_id, "failed", reasons[unit.run_id],
+                                   kind=unit.kind, parent=unit.parent, preset=unit.cfg.run.preset,
+                                   config=unit.cfg.to_dict())
+            log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id} ({who}): failed: {reasons[unit.run_id]}")
+            continue
         except (Exception, KeyboardInterrupt) as e:  # however early: the unit's record says why (status)
             results.mark_ended(unit.cfg.run.results_dir, unit.run_id, results.end_status(e), results.reason(e),
                                kind=unit.kind, parent=unit.parent, preset=unit.cfg.run.preset,
