@@ -24,7 +24,7 @@ from core.data import EpochLoader, Transformed, build_dataset, check_dataset_pat
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
-from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
+from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed
 from core.masking import make_mask
 from core.model import MAE
 from core.progress import Progress, show_bar, tensorboard_dir
