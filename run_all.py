@@ -401,12 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain one MAE run")
     add_config_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("tokenizer", help="train (or find) the dvae_token target's tokenizer (docs/targets.md)")
     add_config_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("data", help="dataset conversion (FFCV .beton files, docs/ffcv.md)")
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
             q.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
         add_config_args(q)
-        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
         q.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="run every ablation (or those named) at a small preset, then write tables, "
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="config preset (default tiny)")
     p.add_argument("overrides", nargs="*", metavar="ABLATION|key=value")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (0 .. N-1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
     p.set_defaults(func=cmd_demo)
 

@@ -23,12 +23,18 @@ from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
+<<<<<<< HEAD
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
 from core.errors import CheckpointError, DataError, Preempted, TrainingFailed, UserError
+=======
+from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
+from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed
+>>>>>>> i17
 from core.masking import make_mask
 from core.model import MAE
 from core.progress import Progress, show_bar, tensorboard_dir
 from core.targets import build_target
+from core.targets.dvae import check_dvae_path
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limit warning
 
@@ -109,6 +115,8 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     if done and done.get("status") == "done":
         return done
     check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
+    if cfg.model.target == "dvae_token":
+        check_dvae_path(cfg.model.dvae_path)
     with results.ending_recorded(cfg.run.results_dir, run_id, kind="pretrain", preset=cfg.run.preset,
                                  config=cfg.to_dict()):
         device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))

@@ -178,7 +178,7 @@ def test_corrupt_images_are_skipped_and_counted(fast_cfg, tmp_path):
 def test_corrupt_image_stops_the_run_naming_the_file_when_asked(tmp_path, workers):
     data = make_image_folder(tmp_path / "data")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "run_all.py"), "pretrain", "--quiet",
-                          "data.dataset=imagefolder", f"data.path={data}", "data.on_corrupt=error",
+                          "--preset", "tiny", "data.dataset=imagefolder", f"data.path={data}", "data.on_corrupt=error",
                           f"data.num_workers={workers}",
                           "pretrain.batch_size=10", "pretrain.epochs=1", "pretrain.warmup_epochs=0",
                           f"run.results_dir={tmp_path}/results", f"run.work_dir={tmp_path}/work"],

@@ -4,13 +4,14 @@ pretraining as 'not run', and tells cancelled from preempted from the requeue li
 import os
 import platform
 
+import numpy as np
 import pytest
 
 import run_all
 from core import results
 from core.ablation import Ablation
 from core.config import build_config
-from core.errors import DataError
+from core.errors import DataError, UserError
 from core.sweep import make_plan, run_plan, unit_status, unit_statuses
 from tests.conftest import FAST
 
@@ -26,16 +27,41 @@ def record(cfg, rid=None):
 # --------------------------------------------------------------------------- final status, however early
 
 def test_failure_before_the_loop_leaves_a_failed_record(fast_cfg, monkeypatch):
-    """Target preparation failing (here DALL-E's encoder missing at run time): no record at all before."""
-    from core.errors import UserError
+    """The target failing to prepare (here the PCA fit): there was no record at all before."""
+    import core.train
+
+    cfg = fast_cfg("model.target=pca")
+
+    def broken(*a, **k):
+        raise np.linalg.LinAlgError("SVD did not converge")
+    monkeypatch.setattr(core.train, "build_target", lambda *a: type("T", (), {"prepare": broken})())
+    with pytest.raises(np.linalg.LinAlgError):
+        core.train.pretrain(cfg, progress=False)
+    rec = record(cfg)
+    assert rec["status"] == "failed" and rec["kind"] == "pretrain" and rec["config"] == cfg.to_dict()
+    assert rec["reason"] == "LinAlgError: SVD did not converge"
+
+
+def test_a_missing_dvae_path_is_bad_input_alone_and_a_failed_unit_in_a_sweep(dirs, capsys):
+    """`pretrain` alone: one line, nothing written. In a sweep (what a cluster job runs): the
+    variant's record says why."""
     from core.train import pretrain
 
-    cfg = fast_cfg("model.target=dvae_token", "model.dvae_path=/nowhere/encoder.pkl")
-    with pytest.raises(UserError, match="does not exist"):
-        pretrain(cfg, progress=False)
-    rec = record(cfg)
-    assert rec["status"] == "failed" and rec["kind"] == "pretrain"
-    assert rec["reason"].startswith("model.dvae_path=/nowhere/encoder.pkl does not exist")
+    code = run_all.main(["pretrain", "--quiet", *FAST, *dirs, "model.target=dvae_token",
+                         "model.dvae_path=/nowhere/encoder.pkl"])
+    assert code == 2 and "model.dvae_path=/nowhere/encoder.pkl does not exist" in capsys.readouterr().err
+    overrides = FAST + dirs + EVAL_FAST + ["model.dvae_path=/nowhere/encoder.pkl"]
+    cfg = build_config("tiny", overrides)
+    assert not os.path.exists(results.runs_dir(cfg.run.results_dir))
+    plan = make_plan([TWO], "tiny", overrides=overrides)
+    dvae_unit = plan.pretrains[1]
+
+    def only_dvae_trains(c, **k):
+        return pretrain(c, **k) if c.model.target == "dvae_token" else {"status": "done"}
+    with pytest.raises(UserError):
+        run_plan(plan, pretrain_fn=only_dvae_trains, eval_fn=lambda *a, **k: {"status": "done"}, log=lambda *a: None)
+    rec = record(cfg, dvae_unit.run_id)
+    assert rec["status"] == "failed" and rec["reason"].startswith("model.dvae_path=/nowhere/encoder.pkl does not exist")
 
 
 @pytest.mark.parametrize("exc, status, reason", [

@@ -34,7 +34,7 @@ METRICS = {
 }
 # Paper Table 2 states speed-ups relative to the encoder that sees mask tokens (42.4 h / 15.4 h = 2.8x).
 SPEEDUP_REFERENCE = "encoder@8"
-STATE_ORDER = ("failed", "interrupted", "preempted", "running", "pending", "unavailable")
+STATE_ORDER = ("failed", "cancelled", "not run", "interrupted", "preempted", "running", "pending", "unavailable")
 MAX_SEEDS = 64  # seeds looked for in the records; a stray run at seed 1000 is not a reason to plan 1000
 
 

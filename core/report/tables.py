@@ -25,7 +25,8 @@ from core.report.paper import PAPER_MODEL, load_paper, model_name, source_name
 MAE_FINETUNE = (("mask_ratio", "0.75"), ("partial_finetune", "24"))
 SERIES_NAMES = {"partial_finetune_mocov3": "MoCo v3"}
 METRIC_ORDER = ("ft_top1", "linprobe_top1", "knn_top1", "flops_ratio", "hours", "speedup")
-STATE_COLUMNS = ("done", "pending", "running", "interrupted", "preempted", "failed", "unavailable")
+STATE_COLUMNS = ("done", "pending", "running", "interrupted", "preempted", "cancelled", "not run", "failed",
+                 "unavailable")
 NOT_RUN, REFERENCE, NOT_EVALUATED = "not run at this preset", "reference only", "not evaluated"
 
 

@@ -390,12 +390,17 @@ def _collect(obj, prefix: str, out: dict) -> None:
             _collect(child, f"{prefix}{name}.", out)
 
 
+def check_dvae_path(path: str) -> None:
+    """Also before a run starts (bad input: one line, nothing written): DALL-E's encoder file is there."""
+    if path and not os.path.isfile(path):
+        raise UserError(f"model.dvae_path={path} does not exist (get encoder.pkl from "
+                        f"https://cdn.openai.com/dall-e/encoder.pkl, see docs/targets.md)")
+
+
 def load_dalle_encoder(path: str) -> DalleEncoder:
     """OpenAI's encoder.pkl (or a plain state dict of it) -> DalleEncoder. One-line UserError if the
     file is missing or is not such an encoder."""
-    if not os.path.isfile(path):
-        raise UserError(f"model.dvae_path={path} does not exist (get encoder.pkl from "
-                        f"https://cdn.openai.com/dall-e/encoder.pkl, see docs/targets.md)")
+    check_dvae_path(path)
     try:
         obj = _load_pickled_module(path)
     except Exception as e:  # torch raises many types for foreign, truncated or unsafe files
