@@ -1,0 +1,270 @@
+"""Fidelity to the paper and the official code (docs/evaluation.md): position-embedding channel
+order, fine-tune recipes by model size, pos_embed and min_lr in fine-tuning, gradient
+accumulation in the evaluations, the official checkpoint layouts, Figure 9's protocol and the
+labelling of the in-suite dVAE tokenizer."""
+import argparse
+import copy
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from core.config import Config, build_config
+from core.errors import CheckpointError, ConfigError, UserError
+from core.eval import evaluate
+from core.eval.common import Accumulate, cosine_schedule, eval_data, eval_run_id, fit, make_loader, validate
+from core.eval.finetune import ViTClassifier, build, train_transform
+from core.model import ARCHS, MAE, ViTEncoder, sincos_pos_embed
+
+SMALL = ["model.img_size=16", "data.synthetic_size=64"]
+
+
+# --------------------------------------------------------------------------- position embeddings
+
+def reference_pos_embed(grid: int, dim: int) -> list[list[float]]:
+    """Written out element by element from the definition: channel c < dim/2 encodes the column,
+    the rest the row; within a half, sines of the dim/4 frequencies, then their cosines."""
+    quarter = dim // 4
+    rows = [[0.0] * dim]  # the cls token
+    for r in range(grid):
+        for c in range(grid):
+            row = []
+            for coord in (c, r):
+                angles = [coord / 10000 ** (k / quarter) for k in range(quarter)]
+                row += [math.sin(a) for a in angles] + [math.cos(a) for a in angles]
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("grid, dim", [(4, 16), (14, 1024)])
+def test_pos_embed_is_the_official_channel_order_in_float64(grid, dim):
+    ours = sincos_pos_embed(grid, dim)
+    assert ours.shape == (1, 1 + grid * grid, dim) and ours.dtype == torch.float32
+    ref = torch.tensor(reference_pos_embed(grid, dim), dtype=torch.float64)
+    assert torch.equal(ours[0], ref.float())  # computed in float64, then cast: bit for bit
+    # the patch to the right changes only the first half, the patch below only the second
+    assert torch.equal(ours[0, 1, dim // 2:], ours[0, 2, dim // 2:])
+    assert torch.equal(ours[0, 1, :dim // 2], ours[0, 1 + grid, :dim // 2])
+    # the same values as timm's builder, whose channels are in another order
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+    timm_emb = build_sincos2d_pos_embed([grid, grid], dim=dim).double()
+    assert not torch.allclose(timm_emb, ours[0, 1:].double(), atol=1e-3)
+    assert torch.allclose(timm_emb.sort(1).values, ref[1:].sort(1).values, atol=1e-5)
+
+
+def test_models_use_it_for_encoder_and_decoder():
+    cfg = build_config("tiny").model
+    mae = MAE(cfg, 48)
+    grid = cfg.img_size // ARCHS[cfg.arch]["patch_size"]
+    assert torch.equal(mae.pos_embed, sincos_pos_embed(grid, mae.embed_dim))
+    assert torch.equal(mae.decoder_pos_embed, sincos_pos_embed(grid, cfg.decoder_embed_dim))
+
+
+# --------------------------------------------------------------------------- recipes by model size
+
+def test_paper_recipe_follows_the_model_size_and_keeps_vit_l_ids():
+    large = build_config("paper")
+    assert (large.eval.finetune.epochs, large.eval.finetune.drop_path) == (50, 0.1)
+    assert large.eval == Config().eval  # the dataclass defaults are the paper's ViT-L row
+    base = build_config("paper", ["model.arch=vit_base_patch16"])
+    assert (base.eval.finetune.epochs, base.eval.finetune.drop_path, base.eval.finetune.blr) == (100, 0.1, 1e-3)
+    huge = build_config("paper", ["model.arch=vit_huge_patch14", "model.img_size=224"])
+    assert (huge.eval.finetune.epochs, huge.eval.finetune.drop_path) == (50, 0.2)
+    off = build_config("paper", ["model.arch=vit_base_patch16", "eval.recipe=official"]).eval.finetune
+    assert (off.epochs, off.blr, off.layer_decay, off.drop_path) == (100, 5e-4, 0.65, 0.1)
+    assert build_config("paper", ["eval.recipe=official"]).eval.finetune.drop_path == 0.2
+    # the command line wins over the recipe; the tiny preset's own values win too
+    assert build_config("paper", ["model.arch=vit_base_patch16", "eval.finetune.epochs=7"]).eval.finetune.epochs == 7
+    assert build_config("tiny", ["eval.recipe=official"]).eval.finetune == build_config("tiny").eval.finetune
+    with pytest.raises(ConfigError, match="eval.recipe"):
+        build_config("paper", ["eval.recipe=timm"])
+
+
+# --------------------------------------------------------------------------- fine-tuning details
+
+def encoder_weights(img_size=16):
+    torch.manual_seed(0)
+    return ViTEncoder("vit_tiny_patch4", img_size).state_dict()
+
+
+def test_finetune_trains_pos_embed_at_layer_zero_without_decay_and_partial_does_not(fast_cfg):
+    cfg = fast_cfg(*SMALL)
+    model, opt = build(cfg, "finetune", encoder_weights(), 10, torch.device("cpu"))
+    group = next(g for g in opt.param_groups if any(p is model.pos_embed for p in g["params"]))
+    assert model.pos_embed.requires_grad
+    assert group["weight_decay"] == 0.0 and group["lr_scale"] == pytest.approx(0.75 ** (model.depth + 1))
+    part, _ = build(fast_cfg(*SMALL, "eval.finetune.blocks=1"), "partial", encoder_weights(), 10, torch.device("cpu"))
+    assert not part.pos_embed.requires_grad
+
+
+def test_cosine_floor_is_min_lr_times_each_groups_scale(fast_cfg):
+    cfg = fast_cfg(*SMALL)
+    assert cfg.eval.finetune.min_lr == 1e-6 and cfg.eval.scratch.min_lr == 1e-6
+    model, opt = build(cfg, "finetune", encoder_weights(), 10, torch.device("cpu"))
+    sched = cosine_schedule(opt, 3, 1, 4, cfg.eval.finetune.min_lr)
+    sched.step_update(12)
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(1e-6 * g["lr_scale"])
+
+
+def test_new_settings_at_their_old_behaviour_keep_eval_ids(fast_cfg):
+    cfg = fast_cfg(*SMALL)
+    assert eval_run_id(cfg, "linprobe") == eval_run_id(fast_cfg(*SMALL, "eval.linprobe.accum_iter=1"), "linprobe")
+    assert eval_run_id(cfg, "linprobe") != eval_run_id(fast_cfg(*SMALL, "eval.linprobe.accum_iter=2"), "linprobe")
+    with pytest.raises(ConfigError, match="accum_iter"):
+        fast_cfg(*SMALL, "eval.finetune.batch_size=32", "eval.finetune.accum_iter=3")
+
+
+# --------------------------------------------------------------------------- accumulation
+
+def _fit_once(cfg, model, batch: int, accum: int, data):
+    r = cfg.eval.finetune
+    loader = Accumulate(make_loader(cfg, data.train, train_transform(r, cfg), batch // accum, True,
+                                    torch.device("cpu")), accum)
+    seen = []
+    inner = loader.epoch
+    loader.epoch = lambda e, s=0: (seen.append(len(parts)) or parts for parts in inner(e, s))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    fit(model, opt, cosine_schedule(opt, 1, 0, loader.steps_per_epoch), loader, epochs=1,
+        criterion=nn.CrossEntropyLoss(), precision="fp32", device=torch.device("cpu"),
+        scaler=torch.amp.GradScaler("cpu", enabled=False), seed=0, validators={"": lambda: (0.0, 0.0)},
+        progress=False)
+    return seen, loader.steps_per_epoch
+
+
+def test_accumulated_micro_batches_give_the_large_batch_update(fast_cfg):
+    cfg = fast_cfg(*SMALL, "eval.finetune.drop_path=0.0", "eval.finetune.randaug=None", "eval.finetune.reprob=0.0")
+    data = eval_data(cfg)
+    model, _ = build(cfg, "finetune", encoder_weights(), 10, torch.device("cpu"))
+    big, small = model, copy.deepcopy(model)
+    start = copy.deepcopy(model.state_dict())
+    seen_big, steps_big = _fit_once(cfg, big, 16, 1, data)
+    seen_small, steps_small = _fit_once(cfg, small, 16, 4, data)
+    assert steps_big == steps_small == 64 // 16 and set(seen_big) == {1} and set(seen_small) == {4}
+    moved = 0
+    for (name, a), b in zip(big.state_dict().items(), small.state_dict().values()):
+        assert torch.allclose(a, b, atol=2e-6, rtol=1e-4), name
+        moved += not torch.equal(a, start[name])
+    assert moved > 10  # the steps did change the weights
+
+
+def test_linear_probe_accumulation_is_exact_batchnorm_included(fast_cfg):
+    from core.eval import linprobe
+
+    runs = []
+    for accum in (1, 4):
+        cfg = fast_cfg(*SMALL, "data.synthetic_size=128", "eval.linprobe.batch_size=32", "eval.linprobe.epochs=2",
+                       "eval.linprobe.warmup_epochs=1", "eval.linprobe.augment=True",
+                       f"eval.linprobe.accum_iter={accum}")
+        runs.append(linprobe.run(cfg, encoder_weights(), eval_data(cfg), torch.device("cpu"), "fp32", False))
+    a, b = runs
+    assert a["history"]["loss"] == pytest.approx(b["history"]["loss"], rel=1e-5)
+    assert a["history"]["val_top1"] == b["history"]["val_top1"]
+
+
+# --------------------------------------------------------------------------- official checkpoints
+
+def official_args(**kw):
+    return argparse.Namespace(model="vit_tiny_patch4", batch_size=64, blr=1e-3, epochs=800, device="cuda",
+                              data_path="/datasets/imagenet", norm_pix_loss=True, resume="", **kw)
+
+
+def test_official_pretraining_checkpoint_with_args_loads_strictly(fast_cfg, tmp_path, capsys):
+    from core.eval.common import encoder_state, load_init
+
+    cfg = fast_cfg(*SMALL)
+    torch.manual_seed(1)
+    mae = MAE(cfg.model, 48)
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": mae.state_dict(), "optimizer": torch.optim.AdamW(mae.parameters()).state_dict(),
+                "epoch": 799, "scaler": {"scale": 65536.0}, "args": official_args(mask_ratio=0.75)}, path)
+    state, _ = load_init(str(path))
+    assert "ignoring args, epoch, optimizer, scaler" in capsys.readouterr().err
+    enc = encoder_state(state, cfg.model.arch, cfg.model.img_size, str(path))
+    model = ViTEncoder(cfg.model.arch, cfg.model.img_size)
+    model.load_state_dict(enc, strict=True)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, mae.blocks[0].attn.qkv.weight)
+
+
+def test_the_ignored_keys_are_named_in_one_line(fast_cfg, tmp_path, capsys):
+    from core.eval.common import load_init
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": encoder_weights(), "epoch": 3, "args": official_args()}, path)
+    load_init(str(path))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note:") and "ignoring args, epoch" in err[0]
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_pickle_with_other_objects_is_still_refused(tmp_path):
+    from core.eval.common import load_init
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "args": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        load_init(str(path))
+
+
+def finetuned(cfg, pool: str, classes: int = 10, seed: int = 3) -> ViTClassifier:
+    torch.manual_seed(seed)
+    model = ViTClassifier(cfg.model.arch, cfg.model.img_size, classes, pool)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("pool", ["avg", "cls"])
+def test_eval_only_evaluates_an_official_finetuned_classifier(fast_cfg, tmp_path, pool):
+    cfg = fast_cfg(*SMALL)
+    model = finetuned(cfg, pool)
+    state = model.state_dict()
+    assert ("norm.weight" in state) == (pool == "cls") and ("fc_norm.weight" in state) == (pool == "avg")
+    path = tmp_path / f"mae_finetuned_{pool}.pth"
+    torch.save({"model": state, "args": official_args(global_pool=pool == "avg")}, path)
+    rec = evaluate(cfg, "finetune", init=str(path), eval_only=True, progress=False)
+    assert rec["status"] == "done" and rec["eval_only"] and rec["epochs"] == 0
+    from core.data import eval_transform
+    loader = make_loader(cfg, eval_data(cfg).val, eval_transform(16, cfg.data.mean, cfg.data.std), 32, False,
+                         torch.device("cpu"))
+    top1, top5 = validate(model, loader, "fp32", torch.device("cpu"))
+    assert rec["metrics"]["top1"] == pytest.approx(top1) and rec["metrics"]["top5"] == pytest.approx(top5)
+    assert rec["run_id"] != eval_run_id(cfg, "finetune", rec["parent"])  # not a trained fine-tune's id
+
+
+def test_eval_only_and_finetuned_checkpoints_refuse_what_they_cannot_do(fast_cfg, tmp_path):
+    cfg = fast_cfg(*SMALL)
+    path = tmp_path / "ft.pth"
+    torch.save({"model": finetuned(cfg, "avg").state_dict()}, path)
+    with pytest.raises(CheckpointError, match="fine-tuned classifier.*--eval-only"):
+        evaluate(cfg, "linprobe", init=str(path), progress=False)
+    with pytest.raises(UserError, match="--eval-only"):
+        evaluate(cfg, "linprobe", init=str(path), eval_only=True, progress=False)
+    enc = tmp_path / "enc.pth"
+    torch.save({"model": encoder_weights()}, enc)
+    with pytest.raises(CheckpointError, match="no classifier"):
+        evaluate(cfg, "finetune", init=str(enc), eval_only=True, progress=False)
+    other = tmp_path / "ft100.pth"
+    torch.save({"model": finetuned(cfg, "avg", classes=100).state_dict()}, other)
+    with pytest.raises(Exception, match="100 classes"):
+        evaluate(cfg, "finetune", init=str(other), eval_only=True, progress=False)
+
+
+def test_cli_eval_only(fast_cfg, tmp_path, capsys, dirs):
+    import run_all
+
+    cfg = fast_cfg(*SMALL)
+    path = tmp_path / "ft.pth"
+    torch.save({"model": finetuned(cfg, "avg").state_dict(), "args": official_args()}, path)
+    code = run_all.main(["eval", "finetune", "--preset", "tiny", "--init", str(path), "--eval-only", "--quiet",
+                         "data.dataset=synthetic", *SMALL, *dirs])
+    out = capsys.readouterr()
+    assert code in (0, None) and "finetune" in out.out and "top-1" in out.out
+    assert "note:" in out.err and "ignoring args" in out.err
