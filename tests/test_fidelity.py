@@ -111,6 +111,10 @@ def test_cosine_floor_is_min_lr_times_each_groups_scale(fast_cfg):
 
 def test_new_settings_at_their_old_behaviour_keep_eval_ids(fast_cfg):
     cfg = fast_cfg(*SMALL)
+    # ids computed by the code before accum_iter, min_lr and eval.recipe existed
+    assert (eval_run_id(cfg, "linprobe"), eval_run_id(cfg, "knn")) == ("linprobe-ac0220d9a434", "knn-8bcbd290412e")
+    paper = build_config("paper")
+    assert (eval_run_id(paper, "linprobe"), paper.run_id()) == ("linprobe-6bfc0cf41658", "pt-f592c58e6b0e")
     assert eval_run_id(cfg, "linprobe") == eval_run_id(fast_cfg(*SMALL, "eval.linprobe.accum_iter=1"), "linprobe")
     assert eval_run_id(cfg, "linprobe") != eval_run_id(fast_cfg(*SMALL, "eval.linprobe.accum_iter=2"), "linprobe")
     with pytest.raises(ConfigError, match="accum_iter"):
@@ -150,9 +154,13 @@ def test_accumulated_micro_batches_give_the_large_batch_update(fast_cfg):
     assert moved > 10  # the steps did change the weights
 
 
-def test_linear_probe_accumulation_is_exact_batchnorm_included(fast_cfg):
+def test_linear_probe_accumulation_is_exact_batchnorm_included(fast_cfg, monkeypatch):
     from core.eval import linprobe
 
+    loaded = []  # images per training batch the loader reads
+    real = linprobe.make_loader
+    monkeypatch.setattr(linprobe, "make_loader", lambda cfg, base, tf, batch, train, device, **kw:
+                        (loaded.append(batch) if train else None) or real(cfg, base, tf, batch, train, device, **kw))
     runs = []
     for accum in (1, 4):
         cfg = fast_cfg(*SMALL, "data.synthetic_size=128", "eval.linprobe.batch_size=32", "eval.linprobe.epochs=2",
@@ -160,6 +168,7 @@ def test_linear_probe_accumulation_is_exact_batchnorm_included(fast_cfg):
                        f"eval.linprobe.accum_iter={accum}")
         runs.append(linprobe.run(cfg, encoder_weights(), eval_data(cfg), torch.device("cpu"), "fp32", False))
     a, b = runs
+    assert loaded == [32, 8]
     assert a["history"]["loss"] == pytest.approx(b["history"]["loss"], rel=1e-5)
     assert a["history"]["val_top1"] == b["history"]["val_top1"]
 
@@ -268,3 +277,82 @@ def test_cli_eval_only(fast_cfg, tmp_path, capsys, dirs):
     out = capsys.readouterr()
     assert code in (0, None) and "finetune" in out.out and "top-1" in out.out
     assert "note:" in out.err and "ignoring args" in out.err
+
+
+# --------------------------------------------------------------------------- Figure 9 and Table 1d rows
+
+def write_records(plan, results_dir, top1):
+    """A finished record for every unit of the plan; top1(unit) -> the eval's top-1 (None: no record)."""
+    from core import results
+
+    for unit in plan.units.values():
+        rec = {"run_id": unit.run_id, "kind": unit.kind, "parent": unit.parent, "status": "done",
+               "config": unit.cfg.to_dict(), "wall_time_s": 1.0}
+        if unit.kind == "pretrain":
+            rec.update(history={"loss": [1.0, 0.5]}, metrics={"final_loss": 0.5}, flops_per_image=1e6)
+        else:
+            value = top1(unit)
+            if value is None:
+                continue
+            rec.update(metrics={"top1": value, "top5": 99.0}, history={})
+        results.write_record(results_dir, rec)
+
+
+def test_figure9_zero_blocks_is_the_linear_probe_and_each_count_the_best_of_its_epoch_ladder(tmp_path, dirs):
+    from core.ablation import select
+    from core.report.collect import collect
+    from core.report.tables import build_tables
+    from core.sweep import make_plan
+
+    plan = make_plan(select(["partial_finetune"]), "tiny", 1, dirs)
+    cells = {c.variant: c for c in plan.cells}
+    zero = plan.units[cells["0"].eval_ids["partial"]]
+    assert zero.kind == "linprobe" and zero.parent == cells["1"].pretrain_id
+    assert list(cells["1"].eval_choices["partial"]) == ["15 epochs", "30 epochs", "60 epochs"]
+    assert [plan.units[e].cfg.eval.finetune.epochs for e in cells["2"].eval_choices["partial"].values()] == [15, 30, 60]
+    paper_plan = make_plan(select(["partial_finetune"]), "paper", 1, dirs)
+    assert sorted({u.cfg.eval.finetune.epochs for u in paper_plan.units.values() if u.kind == "partial"}) == [50, 100, 200]
+    # 1 block: the 30-epoch run is best; 2 blocks: the 60-epoch one has no record yet
+    scores = {("linprobe", 15): 70.0, (1, 15): 80.0, (1, 30): 85.0, (1, 60): 82.0, (2, 15): 86.0, (2, 30): 84.0,
+              (4, 15): 90.0, (4, 30): 91.0, (4, 60): 89.0}
+    key = lambda u: ("linprobe", 15) if u.kind == "linprobe" else (u.cfg.eval.finetune.blocks, u.cfg.eval.finetune.epochs)  # noqa
+    write_records(plan, str(tmp_path / "results"), lambda u: scores.get(key(u)))
+    res = collect("tiny", 1, dirs, ["partial_finetune"])
+    s = res.summary()
+    assert [s.loc[("partial_finetune", v, "ft_top1"), "mean"] for v in ("0", "1", "2", "4")] == [70.0, 85.0, 86.0, 91.0]
+    t = next(t for t in build_tables(res) if t.id == "figure9")
+    notes = "\n".join(t.notes)
+    assert "partial_finetune/1 seed 0: 30 epochs is the best of: 15 epochs 80.00, 30 epochs 85.00, 60 epochs 82.00" \
+        in notes
+    assert "15 epochs 86.00, 30 epochs 84.00, 60 epochs pending" in notes
+    row0 = t.frame[(t.frame.ours_variant == "0") & (t.frame.series == "ours")].iloc[0]
+    assert row0["mean"] == 70.0 and row0.paper == 73.5
+
+
+@pytest.mark.parametrize("dvae_path", ["", "/models/dall_e/encoder.pkl"])
+def test_dvae_row_says_which_tokenizer_and_shows_no_delta_for_the_in_suite_one(tmp_path, dirs, dvae_path):
+    from core.ablation import select
+    from core.report.collect import collect
+    from core.report.render import markdown
+    from core.report.tables import build_tables
+    from core.sweep import make_plan
+
+    overrides = dirs + ([f"model.dvae_path={dvae_path}"] if dvae_path else [])
+    plan = make_plan(select(["target"]), "tiny", 1, overrides)
+    write_records(plan, str(tmp_path / "results"), lambda u: 60.0)
+    res = collect("tiny", 1, overrides, ["target"])
+    t = next(t for t in build_tables(res) if t.id == "table1d")
+    row = next(r for r in t.body if r[0].startswith("dvae_token"))
+    lin = t.header.index("lin Δ")
+    text = markdown(t)
+    legend = set(res.losses("target"))
+    if dvae_path:  # DALL-E's tokenizer: the paper's experiment, a difference like any other
+        assert row[0] == "dvae_token" and row[lin] == f"{60.0 - 71.6:+.2f}" and "dvae_token" in legend
+        assert "not DALL-E" not in text
+    else:
+        assert row[0] == "dvae_token [in-suite tokenizer, not DALL-E]"
+        assert row[lin] == "n/a: different tokenizer" and row[lin - 1] == "71.6"
+        assert "dvae_token (in-suite tokenizer, not DALL-E)" in legend
+        assert "dvae_token [in-suite tokenizer, not DALL-E]" in text and "n/a: different tokenizer" in text
+        pixel = next(r for r in t.body if r[0].startswith("pixel"))
+        assert "not DALL-E" not in pixel[0] and pixel[lin].startswith(("+", "-"))
