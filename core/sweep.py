@@ -103,12 +103,14 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
 
 
 def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overrides, values: dict) -> dict:
-    """{'<value> <key's last part>': config} for the ablation's eval_ladder of `protocol` ({} without
-    one): the paper preset's values, scaled by this config's setting of the key over the paper's."""
-    if protocol not in abl.eval_ladder:
+    """{'<value> <key's last part>': config} for the ablation's eval ladder of `protocol` ({} without
+    one): the paper preset's values, scaled by this config's setting of the key over the paper's,
+    or a small preset's own values."""
+    ladder, scaled = abl.eval_ladder_for(preset)
+    if protocol not in ladder:
         return {}
-    key, paper_values = abl.eval_ladder[protocol]
-    ratio = flat_dict(cfg)[key] / flat_dict(build_config(PAPER_PRESET))[key]
+    key, paper_values = ladder[protocol]
+    ratio = flat_dict(cfg)[key] / flat_dict(build_config(PAPER_PRESET))[key] if scaled else 1.0
     out = {}
     for v in paper_values:
         scaled = max(1, round(v * ratio))

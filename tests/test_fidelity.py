@@ -308,13 +308,15 @@ def test_figure9_zero_blocks_is_the_linear_probe_and_each_count_the_best_of_its_
     cells = {c.variant: c for c in plan.cells}
     zero = plan.units[cells["0"].eval_ids["partial"]]
     assert zero.kind == "linprobe" and zero.parent == cells["1"].pretrain_id
-    assert list(cells["1"].eval_choices["partial"]) == ["15 epochs", "30 epochs", "60 epochs"]
-    assert [plan.units[e].cfg.eval.finetune.epochs for e in cells["2"].eval_choices["partial"].values()] == [15, 30, 60]
+    assert list(cells["1"].eval_choices["partial"]) == ["4 epochs", "8 epochs", "15 epochs"]
+    assert [plan.units[e].cfg.eval.finetune.epochs for e in cells["2"].eval_choices["partial"].values()] == [4, 8, 15]
     paper_plan = make_plan(select(["partial_finetune"]), "paper", 1, dirs)
     assert sorted({u.cfg.eval.finetune.epochs for u in paper_plan.units.values() if u.kind == "partial"}) == [50, 100, 200]
+    base_plan = make_plan(select(["partial_finetune"]), "paper", 1, [*dirs, "model.arch=vit_base_patch16"])
+    assert sorted({u.cfg.eval.finetune.epochs for u in base_plan.units.values() if u.kind == "partial"}) == [100, 200, 400]
     # 1 block: the 30-epoch run is best; 2 blocks: the 60-epoch one has no record yet
-    scores = {("linprobe", 15): 70.0, (1, 15): 80.0, (1, 30): 85.0, (1, 60): 82.0, (2, 15): 86.0, (2, 30): 84.0,
-              (4, 15): 90.0, (4, 30): 91.0, (4, 60): 89.0}
+    scores = {("linprobe", 15): 70.0, (1, 4): 80.0, (1, 8): 85.0, (1, 15): 82.0, (2, 4): 86.0, (2, 8): 84.0,
+              (4, 4): 90.0, (4, 8): 91.0, (4, 15): 89.0}
     key = lambda u: ("linprobe", 15) if u.kind == "linprobe" else (u.cfg.eval.finetune.blocks, u.cfg.eval.finetune.epochs)  # noqa
     write_records(plan, str(tmp_path / "results"), lambda u: scores.get(key(u)))
     res = collect("tiny", 1, dirs, ["partial_finetune"])
@@ -322,9 +324,9 @@ def test_figure9_zero_blocks_is_the_linear_probe_and_each_count_the_best_of_its_
     assert [s.loc[("partial_finetune", v, "ft_top1"), "mean"] for v in ("0", "1", "2", "4")] == [70.0, 85.0, 86.0, 91.0]
     t = next(t for t in build_tables(res) if t.id == "figure9")
     notes = "\n".join(t.notes)
-    assert "partial_finetune/1 seed 0: 30 epochs is the best of: 15 epochs 80.00, 30 epochs 85.00, 60 epochs 82.00" \
+    assert "partial_finetune/1 seed 0: 8 epochs is the best of: 4 epochs 80.00, 8 epochs 85.00, 15 epochs 82.00" \
         in notes
-    assert "15 epochs 86.00, 30 epochs 84.00, 60 epochs pending" in notes
+    assert "4 epochs 86.00, 8 epochs 84.00, 15 epochs pending" in notes
     row0 = t.frame[(t.frame.ours_variant == "0") & (t.frame.series == "ours")].iloc[0]
     assert row0["mean"] == 70.0 and row0.paper == 73.5
 
@@ -356,3 +358,36 @@ def test_dvae_row_says_which_tokenizer_and_shows_no_delta_for_the_in_suite_one(t
         assert "dvae_token [in-suite tokenizer, not DALL-E]" in text and "n/a: different tokenizer" in text
         pixel = next(r for r in t.body if r[0].startswith("pixel"))
         assert "not DALL-E" not in pixel[0] and pixel[lin].startswith(("+", "-"))
+
+
+def test_torchrun_two_processes_accumulating_match_one_process_at_the_same_effective_batch(fast_cfg, tmp_path):
+    """`torchrun --nproc_per_node 2 ... eval scratch eval.scratch.accum_iter=2`: 4 images per process
+    per micro-batch, DDP reducing once per step, the weights of one process with batch 16."""
+    import subprocess
+    import sys
+
+    from core import results
+    from core.eval import scratch
+    from tests.conftest import FAST
+    from tests.test_distributed import LAUNCH_VARS, assert_weights_close, one_thread
+    from tests.test_eval import ROOT, SCRATCH3, eval_checkpoint
+
+    args = [*SCRATCH3, "eval.scratch.drop_path=0.0", "pretrain.precision=fp32"]
+    where = [f"run.results_dir={tmp_path}/r2", f"run.work_dir={tmp_path}/w2"]
+    two = fast_cfg(*args, "eval.scratch.accum_iter=2", *where)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          os.path.join(ROOT, "run_all.py"), "eval", "scratch", "--quiet", *FAST, *args,
+                          "eval.scratch.accum_iter=2", *where],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one_cfg = fast_cfg(*args)
+    with one_thread():
+        one = scratch(one_cfg, progress=False)
+    eid = eval_run_id(two, "scratch")
+    rec = results.read_record(two.run.results_dir, eid)
+    assert rec["status"] == "done" and rec["world_size"] == 2 and eid != one["run_id"]
+    assert_weights_close(eval_checkpoint(two, eid)["model"], eval_checkpoint(one_cfg, one["run_id"])["model"],
+                         atol=1e-3)
+    for x, y in zip(rec["history"]["loss"], one["history"]["loss"]):
+        assert math.isclose(x, y, rel_tol=1e-4)
