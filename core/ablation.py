@@ -41,6 +41,20 @@ class Ablation:
     pretrain: bool = True  # False: the evaluations need no pretraining run (the scratch baseline)
     x_label: str = ""  # for curves
     notes: str = ""
+    # variant label -> {protocol: the protocol whose record holds that variant's number}: Figure 9's
+    # "0 blocks" is the linear probe of the same pretraining run
+    substitute: dict = field(default_factory=dict)
+    # protocol -> (config key, values at the paper preset): each value is run and the best top-1
+    # counts (the others are kept); other presets scale the values by their own setting of the key
+    # over the paper preset's, so a 15-epoch fine-tune gets 3/10 of the paper's epochs
+    eval_ladder: dict = field(default_factory=dict)
+    small_eval_ladder: dict | None = None  # the same at small presets, values used as they are; None: scaled
+
+    def eval_ladder_for(self, preset: str) -> tuple[dict, bool]:
+        """(protocol -> (key, values), whether the values are to be scaled to the config)."""
+        if preset == PAPER_PRESET or self.small_eval_ladder is None:
+            return self.eval_ladder, True
+        return self.small_eval_ladder, False
 
     def variants_for(self, preset: str) -> dict:
         """label -> (paper label or None, overrides) at this preset."""

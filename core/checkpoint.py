@@ -2,6 +2,7 @@
 to the previous one with a warning naming the file."""
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import re
@@ -55,11 +56,14 @@ def list_checkpoints(ckpt_dir: str) -> list[str]:
 
 
 def load_file(path: str, map_location="cpu") -> dict:
-    """Load one checkpoint safely: weights_only=True refuses pickles that would run code."""
+    """Load one checkpoint safely: weights_only=True refuses pickles that would run code. The one
+    class allowed besides tensors and plain data is argparse.Namespace, which the official training
+    scripts store under 'args': rebuilt as an attribute bag, it runs no code."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a loadable checkpoint ({first[:200]})") from None
@@ -79,8 +83,14 @@ def latest(ckpt_dir: str) -> tuple[dict, str] | None:
 
 
 def model_state(obj: dict, path: str = "checkpoint") -> dict:
-    """The model weights of our checkpoints and of the officially released ones ({'model': ...})."""
+    """The model weights of our checkpoints and of the officially released ones ({'model': ...},
+    which the official training scripts write with 'args', 'optimizer', 'epoch' and 'scaler')."""
     state = obj.get("model", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no model weights")
     return state
+
+
+def ignored_keys(obj: dict) -> list[str]:
+    """What model_state leaves out of a checkpoint holding {'model': ...} and more."""
+    return sorted(str(k) for k in obj if k != "model") if isinstance(obj.get("model"), dict) else []

@@ -84,6 +84,7 @@ class LinprobeConfig:  # paper Table 10
     weight_decay: float = 0.0
     pool: str = "cls"  # cls | avg
     augment: bool = True  # False: resize + center crop for training too, so features are computed once
+    accum_iter: int = 1  # batch_size is the effective batch: per process batch_size / processes / accum_iter
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class FinetuneConfig:  # paper Table 9 (ViT-L/H: 50 epochs)
     crop_scale: tuple = (0.08, 1.0)  # RandomResizedCrop area range (timm's default, as the paper's code)
     pool: str = "avg"  # avg | cls
     blocks: Optional[int] = None  # partial fine-tuning: train only the last k blocks
+    accum_iter: int = 1  # batch_size is the effective batch: per process batch_size / processes / accum_iter
+    min_lr: float = 1e-6  # the cosine schedule's floor, as the official fine-tuning code
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class ScratchConfig:  # paper Appendix A.2, supervised ViT-L from scratch
     randaug: Optional[str] = "rand-m9-mstd0.5-inc1"
     crop_scale: tuple = (0.08, 1.0)
     pool: str = "avg"  # avg | cls
+    accum_iter: int = 1
+    min_lr: float = 1e-6  # the official fine-tuning code's floor (the baseline is trained by that code)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,9 @@ class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     seed: int = 0
+    # Fine-tune settings by model size (FINETUNE_RECIPES): the paper's Table 9, or "official", the
+    # recipes released with the official code. A preset's or the command line's own values win.
+    recipe: str = "paper"
 
 
 @dataclass(frozen=True)
@@ -353,6 +361,29 @@ SCALED: dict[str, dict] = {REHEARSAL: {
 PLAN_OF = {REHEARSAL: "paper"}
 
 
+# eval.recipe -> encoder -> fine-tune settings (docs/evaluation.md). The dataclass defaults are the
+# paper's ViT-L row; encoders not listed (the tiny and small ones) keep them.
+FINETUNE_RECIPES: dict[str, dict[str, dict]] = {
+    "paper": {  # paper Table 9: 100 epochs for ViT-B, 50 for ViT-L/H; drop path 0.1 (B/L), 0.2 (H)
+        "vit_base_patch16": {"epochs": 100, "drop_path": 0.1},
+        "vit_large_patch16": {"epochs": 50, "drop_path": 0.1},
+        "vit_huge_patch14": {"epochs": 50, "drop_path": 0.2},
+    },
+    "official": {  # the official repository's FINETUNE.md
+        "vit_base_patch16": {"epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
+        "vit_large_patch16": {"epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.2},
+        "vit_huge_patch14": {"epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.3},
+    },
+}
+
+
+def recipe_values(recipe: str, arch: str) -> dict:
+    """The eval.finetune.* settings recipe `recipe` gives encoder `arch` ({} for unlisted ones)."""
+    if recipe not in FINETUNE_RECIPES:
+        raise ConfigError(f"eval.recipe={recipe!r} is not one of: {', '.join(FINETUNE_RECIPES)}")
+    return {f"eval.finetune.{k}": v for k, v in FINETUNE_RECIPES[recipe].get(arch, {}).items()}
+
+
 def preset_names() -> list[str]:
     return sorted(PRESETS)
 
@@ -367,7 +398,10 @@ def build_config(preset: str = "tiny", overrides: typing.Iterable[str] = (), val
         merged[key] = value
     merged.update(values or {})
     cfg = apply_overrides(Config(), merged)
-    flat = _flat(cfg.to_dict())
+    recipe = recipe_values(cfg.eval.recipe, cfg.model.arch)  # below the preset's and the user's values
+    if recipe:
+        cfg = apply_overrides(Config(), {**recipe, **merged})
+    flat = _flat(cfg.to_dict())  # the rehearsal's miniature schedules, after the variant set them
     cfg = apply_overrides(cfg, {k: -(-flat[k] // d) for k, d in SCALED.get(preset, {}).items()})
     validate(cfg)
     return cfg
@@ -475,6 +509,7 @@ CHOICES = {
     "pretrain.precision": ("auto", "fp32", "bf16", "fp16"),
     "eval.linprobe.pool": ("cls", "avg"),
     "eval.finetune.pool": ("cls", "avg"),
+    "eval.recipe": tuple(FINETUNE_RECIPES),
     "run.device": ("auto", "cpu", "cuda"),
     "cluster.executor": ("auto", "slurm", "local", "debug"),
 }
@@ -540,6 +575,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mean and data.std must be three numbers each, std > 0")
     if not 0.0 <= cfg.eval.finetune.layer_decay <= 1.0:
         raise ConfigError(f"eval.finetune.layer_decay must be in [0, 1], got {cfg.eval.finetune.layer_decay}")
+    for name in ("linprobe", "finetune", "scratch"):  # the effective batch splits into accum_iter steps
+        sec = getattr(cfg.eval, name)
+        if sec.accum_iter < 1 or sec.batch_size % sec.accum_iter:
+            raise ConfigError(f"eval.{name}.accum_iter={sec.accum_iter} must be >= 1 and divide "
+                              f"eval.{name}.batch_size={sec.batch_size}")
+        if getattr(sec, "min_lr", 0.0) < 0:
+            raise ConfigError(f"eval.{name}.min_lr must be >= 0, got {sec.min_lr}")
     blocks = cfg.eval.finetune.blocks
     depth = ARCHS[m.arch]["depth"]
     if blocks is not None and not 0 <= blocks <= depth:

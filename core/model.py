@@ -11,7 +11,6 @@ from functools import partial
 import torch
 from torch import nn
 from timm.layers import PatchEmbed
-from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 
 # Encoder sizes, timm-style registry. Every entry is exercised by tests/test_model.py.
@@ -29,8 +28,20 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def sincos_pos_embed(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sin-cos embedding with a leading all-zero row for the cls token: (1, 1 + grid^2, dim)."""
-    emb = build_sincos2d_pos_embed([grid, grid], dim=dim)
+    """Fixed 2D sin-cos embedding with a leading all-zero row for the cls token: (1, 1 + grid^2, dim).
+
+    Channel order of the released MAE checkpoints (timm's builder has the same values in another
+    order): the first half encodes the patch's column, the second half its row, each half being
+    [sin(p * w_k), cos(p * w_k)] for k < dim / 4 with w_k = 10000^(-k / (dim / 4)). Computed in
+    float64, then cast, so a model built here equals one built by the official code."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    pos = torch.arange(grid * grid, dtype=torch.float64)
+    halves = []
+    for coord in (pos % grid, pos // grid):  # patches in row-major order: column, then row
+        angle = coord[:, None] * omega[None, :]
+        halves += [angle.sin(), angle.cos()]
+    emb = torch.cat(halves, dim=1).float()
     return torch.cat([torch.zeros(1, dim), emb], dim=0).unsqueeze(0)
 
 

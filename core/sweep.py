@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 from core import results
-from core.ablation import Ablation
-from core.config import Config, build_config
+from core.ablation import PAPER_PRESET, Ablation
+from core.config import Config, build_config, flat_dict
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 
 
@@ -36,6 +36,8 @@ class Cell:
     is_baseline: bool
     pretrain_id: str | None = None
     eval_ids: dict = field(default_factory=dict)  # protocol -> eval run id
+    # protocol -> {choice label: eval run id} for an ablation's eval_ladder: the best finished one counts
+    eval_choices: dict = field(default_factory=dict)
     unavailable: str | None = None  # reason, when the variant cannot be built here
 
 
@@ -86,12 +88,34 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                     cell.pretrain_id = cfg.run_id()
                     plan.units.setdefault(cell.pretrain_id, Unit("pretrain", cell.pretrain_id, cfg)).users.append(who)
                 for protocol in abl.evals_for(preset):
-                    eid = eval_run_id(cfg, protocol, parent=cell.pretrain_id)
-                    cell.eval_ids[protocol] = eid
-                    plan.units.setdefault(eid, Unit(protocol, eid, cfg, cell.pretrain_id)).users.append(who)
+                    kind = abl.substitute.get(label, {}).get(protocol, protocol)
+                    choices = ladder_configs(abl, protocol, cfg, preset, overrides, {**variant, **seed_overrides(seed)}) \
+                        if kind == protocol else {}
+                    for choice, c in (choices or {"": cfg}).items():
+                        eid = eval_run_id(c, kind, parent=cell.pretrain_id)
+                        cell.eval_ids.setdefault(protocol, eid)
+                        if choice:
+                            cell.eval_choices.setdefault(protocol, {})[choice] = eid
+                        plan.units.setdefault(eid, Unit(kind, eid, c, cell.pretrain_id)).users.append(who)
     # pretraining first, each followed by nothing else: evaluations run once their parent is done
     plan.units = dict(sorted(plan.units.items(), key=lambda kv: kv[1].kind != "pretrain"))
     return plan
+
+
+def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overrides, values: dict) -> dict:
+    """{'<value> <key's last part>': config} for the ablation's eval ladder of `protocol` ({} without
+    one): the paper preset's values, scaled by this config's setting of the key over the paper's,
+    or a small preset's own values."""
+    ladder, scaled = abl.eval_ladder_for(preset)
+    if protocol not in ladder:
+        return {}
+    key, paper_values = ladder[protocol]
+    ratio = flat_dict(cfg)[key] / flat_dict(build_config(PAPER_PRESET))[key] if scaled else 1.0
+    out = {}
+    for v in paper_values:
+        scaled = max(1, round(v * ratio))
+        out[f"{scaled} {key.rsplit('.', 1)[-1]}"] = build_config(preset, overrides, {**values, key: scaled})
+    return out
 
 
 def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress: bool = True,
@@ -239,7 +263,8 @@ def sweep_status(plan: Plan, results_dir: str, jobs: dict | None = None,
     for name, cells in by_ablation.items():
         ids = []
         for c in cells:
-            ids += ([c.pretrain_id] if c.pretrain_id else []) + list(c.eval_ids.values())
+            ids += ([c.pretrain_id] if c.pretrain_id else []) + list(c.eval_ids.values()) + \
+                [e for choices in c.eval_choices.values() for e in choices.values()]
         counts = {s: 0 for s in STATES}
         reasons = []
         for rid in dict.fromkeys(ids):

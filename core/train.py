@@ -23,13 +23,8 @@ from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
-<<<<<<< HEAD
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
-from core.errors import CheckpointError, DataError, Preempted, TrainingFailed, UserError
-=======
-from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
-from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed
->>>>>>> i17
+from core.errors import CheckpointError, DataError, Preempted, TrainingFailed
 from core.masking import make_mask
 from core.model import MAE
 from core.progress import Progress, show_bar, tensorboard_dir

@@ -59,17 +59,17 @@ def test_layer_decay_groups_have_the_expected_scales(fast_cfg):
     groups = named_lr_wd(model, opt)
     depth = model.depth  # 4: layers 0 (embeddings), 1..4 (blocks), 5 (norm + head)
     for name, (scale, wd) in groups.items():
-        if name.startswith(("patch_embed", "cls_token")):
+        if name.startswith(("patch_embed", "cls_token", "pos_embed")):
             layer = 0
         elif name.startswith("blocks."):
             layer = int(name.split(".")[1]) + 1
         else:
             layer = depth + 1
         assert scale == pytest.approx(0.75 ** (depth + 1 - layer)), name
-        no_decay = name.endswith("bias") or "norm" in name or name == "cls_token"
+        no_decay = name.endswith("bias") or "norm" in name or name in ("cls_token", "pos_embed")
         assert wd == (0.0 if no_decay else 0.05), name
     assert groups["head.weight"] == (1.0, 0.05) and groups["patch_embed.proj.weight"][0] == pytest.approx(0.75 ** 5)
-    assert "pos_embed" not in groups  # fixed sin-cos: never trained
+    assert "pos_embed" in groups  # trained during fine-tuning, as in the official code
     # the scheduler applies each group's scale: at the end of warm-up every group has lr x scale
     from core.eval.common import cosine_schedule
     sched = cosine_schedule(opt, 10, 1, 4)

@@ -27,13 +27,16 @@ __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
 
 
 def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, eval_only: bool = False) -> dict:
     """Evaluate the encoder of pretraining run `run_id` (default cfg.run_id()) or of the checkpoint
-    file `init` with one protocol; returns the eval record."""
+    file `init` with one protocol; returns the eval record. eval_only: the fine-tuned classifier in
+    `init` is evaluated on the validation split as it is (protocol finetune)."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if run_id is not None and init is not None:
         raise UserError("evaluate either a pretraining run (--run) or a checkpoint file (--init), not both")
+    if eval_only and (protocol != "finetune" or init is None):
+        raise UserError("--eval-only evaluates a fine-tuned checkpoint: `eval finetune --init PATH --eval-only`")
     extra, state = {}, None
     if init is not None:
         state, sha = load_init(init)
@@ -43,7 +46,9 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
         parent = results.check_id(run_id or cfg.run_id())
         cfg = pretrained_config(cfg, parent)
     check_protocol(cfg, protocol)
-    eid = eval_run_id(cfg, protocol, parent)
+    if eval_only:  # checked before anything is read or written
+        state = finetune.classifier_state(state, cfg.model.arch, cfg.model.img_size, init)
+    eid = eval_run_id(cfg, protocol, parent, eval_only=eval_only)
     done = results.read_record(cfg.run.results_dir, eid)
     if done and done.get("status") == "done":
         return done
@@ -51,6 +56,8 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     if state is None:
         from core.train import load_pretrained_encoder
         state = load_pretrained_encoder(cfg, parent)[1]
+    if eval_only:
+        return _run(cfg, protocol, eid, parent, state, progress, {**extra, "eval_only": True}, finetune.classify)
     state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
     return _run(cfg, protocol, eid, parent, state, progress, extra)
 
@@ -92,15 +99,15 @@ RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,
            "scratch": lambda *a: finetune.run(a[0], "scratch", *a[1:])}
 
 
-def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict) -> dict:
+def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict, runner=None) -> dict:
     # however early it fails from here on (data unreadable, a bug) or if Ctrl-C stops it, the
     # record ends with its status and reason
     with results.ending_recorded(cfg.run.results_dir, eid, kind=kind, parent=parent, preset=cfg.run.preset,
                                  config=cfg.to_dict()):
-        return _run_recorded(cfg, kind, eid, parent, state, progress, extra)
+        return _run_recorded(cfg, kind, eid, parent, state, progress, extra, runner)
 
 
-def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict) -> dict:
+def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict, runner=None) -> dict:
     from core.train import StopFlag
 
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
@@ -108,7 +115,7 @@ def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: boo
     data = eval_data(cfg)  # a missing or damaged split is an error before anything is written
     dist = init_distributed(device)  # torchrun or a cluster job: DDP over its processes
     # kNN trains nothing: no checkpoints; the others save every epoch and at a stop signal
-    ckpt = None if kind == "knn" else os.path.join(cfg.run.work_dir, eid)
+    ckpt = None if kind == "knn" or runner else os.path.join(cfg.run.work_dir, eid)
     tb = tensorboard_dir(cfg.run.results_dir, eid)
     record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, tensorboard_dir=tb,
                     **extra)
@@ -117,7 +124,7 @@ def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: boo
         record.write("running")
         t0 = time.perf_counter()
         try:
-            out = RUNNERS[kind](cfg, state, data, device, precision, progress)
+            out = (runner or RUNNERS[kind])(cfg, state, data, device, precision, progress)
         except Preempted:  # saved; the same command (or the requeued job) resumes
             record.write("preempted", reason=f"signal {stop.signum}", wall_time_s=time.perf_counter() - t0)
             raise

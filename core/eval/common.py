@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import math
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,10 @@ KINDS = PROTOCOLS + ("scratch",)
 # probe batch is 16384 images at the paper preset), changes no result.
 CHUNK = 256
 LOG_EVERY = 50  # steps between the training loop's log lines (one host sync each)
+
+# Section settings whose value here is what every run did before the setting existed: left out of
+# eval ids at that value, so existing records keep their ids.
+OLD_BEHAVIOUR = {"accum_iter": 1}
 
 
 # --------------------------------------------------------------------------- the session
@@ -82,7 +87,7 @@ def section(cfg: Config, kind: str):
     return sections[kind]
 
 
-def eval_run_id(cfg: Config, protocol: str, parent: str | None = None) -> str:
+def eval_run_id(cfg: Config, protocol: str, parent: str | None = None, eval_only: bool = False) -> str:
     """'<protocol>-<12 hex>' from the parent run, the protocol's section, eval.seed and the
     model/data settings evaluation depends on. Paths never enter it. The scratch baseline has no parent."""
     sec = section(cfg, protocol)
@@ -91,8 +96,12 @@ def eval_run_id(cfg: Config, protocol: str, parent: str | None = None) -> str:
     data = {"dataset": d.dataset, "mean": d.mean, "std": d.std}
     if d.dataset == "synthetic":
         data["synthetic_size"] = d.synthetic_size
-    ident = {"protocol": protocol, "parent": parent, "section": dataclasses.asdict(sec), "seed": cfg.eval.seed,
+    # settings added later leave the id of runs that keep their old behaviour unchanged
+    sec = {k: v for k, v in dataclasses.asdict(sec).items() if OLD_BEHAVIOUR.get(k, object()) != v}
+    ident = {"protocol": protocol, "parent": parent, "section": sec, "seed": cfg.eval.seed,
              "model": {"arch": m.arch, "img_size": m.img_size}, "data": data}
+    if eval_only:  # a fine-tuned classifier evaluated as it is
+        ident["eval_only"] = True
     return f"{protocol}-{config_hash(ident)}"
 
 
@@ -228,15 +237,29 @@ def load_init(path: str) -> tuple[dict, str]:
     """(weights, sha256) of an external checkpoint: {'model': state dict} as the MAE authors
     released them, or ours. weights_only=True: a pickle that would run code is refused."""
     obj = checkpoint.load_file(path)
-    return checkpoint.model_state(obj, path), file_sha256(path)
+    state = checkpoint.model_state(obj, path)
+    ignored = checkpoint.ignored_keys(obj)
+    if ignored:  # an official training checkpoint: args (an argparse.Namespace), optimizer, epoch, scaler
+        print(f"note: {path}: using its 'model' weights, ignoring {', '.join(ignored)}", file=sys.stderr)
+    return state, file_sha256(path)
 
 
-def encoder_state(state: dict, arch: str, img_size: int, source: str) -> dict:
+def is_finetuned_avg(state: dict) -> bool:
+    """The layout of the official fine-tuned classifiers: fc_norm and head, no final norm."""
+    return "fc_norm.weight" in state and "norm.weight" not in state
+
+
+def encoder_state(state: dict, arch: str, img_size: int, source: str, final_norm: bool = True) -> dict:
     """The encoder's weights out of a checkpoint, checked strictly against model.arch: every
-    encoder key present with its shape, nothing unknown besides the decoder and head."""
+    encoder key present with its shape, nothing unknown besides the decoder and head.
+    final_norm=False: the encoder of a fine-tuned classifier that pools before its fc_norm."""
+    if final_norm and is_finetuned_avg(state):
+        raise CheckpointError(f"{source} is a fine-tuned classifier (fc_norm and head, no final norm): evaluate "
+                              f"it with `eval finetune --eval-only`, or pass a pretraining checkpoint")
     state = {k: v for k, v in state.items() if not k.startswith(NOT_ENCODER)}
     with torch.device("meta"):  # shapes only, no memory
-        want = {k: v.shape for k, v in ViTEncoder(arch, img_size).state_dict().items()}
+        want = {k: v.shape for k, v in ViTEncoder(arch, img_size).state_dict().items()
+                if final_norm or not k.startswith("norm.")}
     a = ARCHS[arch]
     w = state.get("patch_embed.proj.weight")
     if w is not None and w.ndim == 4:
@@ -329,10 +352,25 @@ def validate(model, loader: EpochLoader, precision: str, device) -> tuple[float,
 
 # --------------------------------------------------------------------------- training loop
 
-def cosine_schedule(optimizer, epochs: int, warmup_epochs: int, steps_per_epoch: int):
-    """Linear warm-up then half-cosine to 0, per step, as in pretraining (timm; honours lr_scale)."""
+class Accumulate:
+    """One optimizer step per `accum` consecutive batches of `loader` (gradient accumulation):
+    yields lists of batches; `epoch(e, start_step)` and `steps_per_epoch` count optimizer steps."""
+
+    def __init__(self, loader, accum: int):
+        self.loader, self.accum = loader, accum
+        self.steps_per_epoch = loader.steps_per_epoch // accum
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        batches = self.loader.epoch(epoch, start_step * self.accum)
+        for _ in range(start_step, self.steps_per_epoch):
+            yield [next(batches) for _ in range(self.accum)]
+
+
+def cosine_schedule(optimizer, epochs: int, warmup_epochs: int, steps_per_epoch: int, min_lr: float = 0.0):
+    """Linear warm-up then half-cosine to min_lr, per step, as in pretraining (timm; honours lr_scale,
+    which scales the floor too, as the official code does)."""
     total, warmup = epochs * steps_per_epoch, min(warmup_epochs, epochs) * steps_per_epoch
-    return CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=0.0, warmup_t=warmup,
+    return CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=min_lr, warmup_t=warmup,
                              warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
@@ -394,24 +432,30 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
         for epoch in range(start_epoch, epochs):
             model.train()
             first = start_step if epoch == start_epoch else 0
-            for imgs, labels, _ in itertools.islice(loader.epoch(epoch, first), loader.steps_per_epoch - first):
-                # equal step counts on every rank: islice drops a shard's extra batch
-                if imgs.shape[0] >= 2:  # a batch of one (the last, partial) breaks BatchNorm and mixup
+            for batch in itertools.islice(loader.epoch(epoch, first), loader.steps_per_epoch - first):
+                # equal step counts on every rank: islice drops a shard's extra batch. An Accumulate
+                # loader gives a list of micro-batches: their gradients add up to one step's
+                parts = [b for b in (batch if isinstance(batch, list) else [batch])
+                         if b[0].shape[0] >= 2]  # a batch of one (the last, partial) breaks BatchNorm and mixup
+                for i, (imgs, labels, _) in enumerate(parts):
                     imgs, target = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                     if mixup is not None:
                         n = imgs.shape[0] - imgs.shape[0] % 2  # timm's Mixup pairs a batch with its reverse
-                        with seeded(sample_seed(seed, epoch, step)):
+                        with seeded(sample_seed(seed, epoch, step * len(parts) + i)):
                             imgs, target = mixup(imgs[:n], target[:n])
-                    with autocast(precision, device):
-                        out = step_fn(imgs)
-                    loss = criterion(out.float(), target)
-                    scaler.scale(loss).backward()
+                    sync = i == len(parts) - 1 or step_fn is model  # DDP reduces once, after the last part
+                    with contextlib.nullcontext() if sync else step_fn.no_sync():
+                        with autocast(precision, device):
+                            out = step_fn(imgs)
+                        loss = criterion(out.float(), target) / len(parts)
+                        scaler.scale(loss).backward()
+                    loss_sum += loss.detach().to(torch.float64)
+                if parts:
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     if ema is not None:
                         ema.update(model, step=step + 1)
-                    loss_sum += loss.detach().to(torch.float64)
                     count += 1
                 step += 1
                 scheduler.step_update(step)

@@ -17,7 +17,9 @@ from torch import nn
 
 from core.data import eval_transform
 from core.device import grad_scaler
-from core.eval.common import SeededTimm, cosine_schedule, fit, make_loader, validate
+from core.errors import CheckpointError, DataError
+from core.eval.common import (Accumulate, SeededTimm, cosine_schedule, encoder_state, fit, is_finetuned_avg,
+                              make_loader, validate)
 from core.model import LayerNorm, ViTEncoder, _init_weights
 
 
@@ -68,7 +70,7 @@ def freeze_for_partial(model: ViTClassifier, blocks: int) -> None:
     for module in list(model.blocks[model.frozen_blocks:]) + [model.norm, getattr(model, "fc_norm", None), model.head]:
         if module is not None:
             module.requires_grad_(True)
-    model.pos_embed.requires_grad_(False)  # fixed sin-cos, never trained
+    model.pos_embed.requires_grad_(False)  # part of the frozen stem
 
 
 def build(cfg, kind: str, state: dict | None, num_classes: int, device):
@@ -87,10 +89,12 @@ def build(cfg, kind: str, state: dict | None, num_classes: int, device):
         nn.init.zeros_(model.head.bias)
     if kind == "partial":
         freeze_for_partial(model, r.blocks)
+    else:  # as the official fine-tuning code: the position embeddings train (layer 0's lr, no decay)
+        model.pos_embed.requires_grad_(True)
     model.to(device)
     groups = param_groups_layer_decay(model, r.weight_decay, no_weight_decay_list=model.no_weight_decay(),
                                       layer_decay=getattr(r, "layer_decay", 1.0))
-    lr = r.blr * r.batch_size / 256
+    lr = r.blr * r.batch_size / 256  # batch_size is the effective batch (processes x accum_iter)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(r.betas), fused=device.type in ("cpu", "cuda"))
     return model, optimizer
 
@@ -107,8 +111,9 @@ def train_transform(r, cfg):
 def run(cfg, kind, state, data, device, precision, progress) -> dict:
     r = cfg.eval.scratch if kind == "scratch" else cfg.eval.finetune
     model, optimizer = build(cfg, kind, state, data.num_classes, device)
-    loader = make_loader(cfg, data.train, train_transform(r, cfg), r.batch_size, True, device,
-                         key=f"eval.{'scratch' if kind == 'scratch' else 'finetune'}.batch_size")
+    loader = Accumulate(make_loader(cfg, data.train, train_transform(r, cfg), r.batch_size // r.accum_iter, True,
+                                    device, key=f"eval.{'scratch' if kind == 'scratch' else 'finetune'}.batch_size"),
+                        r.accum_iter)
     val_loader = make_loader(cfg, data.val, eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std),
                              min(r.batch_size, 256), False, device, shard=True)  # accuracy summed over ranks
     mixup = None
@@ -124,7 +129,7 @@ def run(cfg, kind, state, data, device, precision, progress) -> dict:
     validators = {"": lambda: validate(model, val_loader, precision, device)}
     if ema is not None:
         validators["_ema"] = lambda: validate(ema.module, val_loader, precision, device)
-    history = fit(model, optimizer, cosine_schedule(optimizer, r.epochs, r.warmup_epochs, loader.steps_per_epoch),
+    history = fit(model, optimizer, cosine_schedule(optimizer, r.epochs, r.warmup_epochs, loader.steps_per_epoch, r.min_lr),
                   loader, epochs=r.epochs, criterion=criterion, precision=precision, device=device,
                   scaler=grad_scaler(precision, device), seed=cfg.eval.seed, validators=validators, mixup=mixup,
                   ema=ema, progress=progress, desc=kind)
@@ -135,3 +140,34 @@ def run(cfg, kind, state, data, device, precision, progress) -> dict:
     if kind == "partial":
         metrics["blocks"] = r.blocks
     return {"metrics": metrics, "history": history, "epochs": r.epochs}
+
+
+# --------------------------------------------------------------------------- --eval-only
+
+def classifier_state(state: dict, arch: str, img_size: int, source: str) -> dict:
+    """The weights of a fine-tuned classifier, checked strictly: the official layout (average pooling,
+    fc_norm and head, no final norm) or the cls-token one (final norm and head)."""
+    head = state.get("head.weight")
+    if not isinstance(head, torch.Tensor) or head.ndim != 2:
+        raise CheckpointError(f"{source} holds no classifier (no head.weight): --eval-only needs a fine-tuned "
+                              f"checkpoint such as mae_finetuned_vit_large.pth")
+    avg = is_finetuned_avg(state)
+    top = ("head.", "fc_norm.") if avg else ("head.",)
+    return {**encoder_state(state, arch, img_size, source, final_norm=not avg),
+            **{k: v for k, v in state.items() if k.startswith(top)}}
+
+
+def classify(cfg, state, data, device, precision, progress) -> dict:
+    """--eval-only: the top-1/top-5 of a fine-tuned classifier on the validation split, nothing trained."""
+    classes = state["head.weight"].shape[0]
+    if classes != data.num_classes:
+        raise DataError(f"the checkpoint classifies {classes} classes but the dataset has {data.num_classes}")
+    model = ViTClassifier(cfg.model.arch, cfg.model.img_size, classes, "avg" if "fc_norm.weight" in state else "cls")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"the classifier does not load: {str(e).splitlines()[0][:200]}") from None
+    val_loader = make_loader(cfg, data.val, eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std),
+                             min(cfg.eval.finetune.batch_size, 256), False, device, shard=True)
+    top1, top5 = validate(model.to(device), val_loader, precision, device)
+    return {"metrics": {"top1": top1, "top5": top5}, "epochs": 0}

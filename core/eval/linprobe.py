@@ -9,8 +9,8 @@ from torch import nn
 
 from core.data import eval_transform, linprobe_train_transform
 from core.device import grad_scaler
-from core.eval.common import (FeatureLoader, cosine_schedule, extract, fit, frozen_encoder, frozen_features,
-                              make_loader, validate)
+from core.eval.common import (Accumulate, FeatureLoader, cosine_schedule, extract, fit, frozen_encoder,
+                              frozen_features, make_loader, validate)
 
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
@@ -21,22 +21,22 @@ def probe_head(dim: int, num_classes: int) -> nn.Sequential:
     return head
 
 
-class LinearProbe(nn.Module):
-    """Frozen encoder -> pooled feature -> head. The encoder stays in eval mode even while the head
-    trains (docs/evaluation.md): it computes the same features either way, without autograd."""
+class FeatureSteps:
+    """The augmented probe's training steps as frozen features. Each step reads accum_iter image
+    batches through the encoder (eval mode, no autograd, CHUNK images a forward) and gives the head
+    all their features at once: its BatchNorm normalises over this process's whole share of the
+    effective batch, exactly as without accumulation (docs/evaluation.md). Only the images are split."""
 
-    def __init__(self, encoder, head, pool: str, precision: str, device):
-        super().__init__()
-        self.encoder, self.head, self.pool = encoder, head, pool
-        self.precision, self.device = precision, device
+    def __init__(self, loader, encoder, pool: str, precision: str, device, accum: int):
+        self.steps = Accumulate(loader, accum)
+        self.steps_per_epoch = self.steps.steps_per_epoch
+        self.encoder, self.pool, self.precision, self.device = encoder, pool, precision, device
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.encoder.eval()
-        return self
-
-    def forward(self, imgs):
-        return self.head(frozen_features(self.encoder, imgs, self.pool, self.precision, self.device))
+    def epoch(self, epoch: int, start_step: int = 0):
+        for parts in self.steps.epoch(epoch, start_step):
+            feats = [frozen_features(self.encoder, imgs.to(self.device, non_blocking=True), self.pool,
+                                     self.precision, self.device) for imgs, _, _ in parts]
+            yield torch.cat(feats), torch.cat([labels for _, labels, _ in parts]), 0
 
 
 def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -49,7 +49,7 @@ def lars_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(head: nn.Module, lp) -> Lars:
-    lr = lp.blr * lp.batch_size / 256
+    lr = lp.blr * lp.batch_size / 256  # batch_size is the effective batch (processes x accum_iter)
     return Lars(lars_param_groups(head, lp.weight_decay), lr=lr, momentum=0.9, trust_coeff=0.001)
 
 
@@ -60,22 +60,23 @@ def run(cfg, state, data, device, precision, progress) -> dict:
     head = probe_head(encoder.embed_dim, data.num_classes).to(device)
     val_tf = eval_transform(m.img_size, d.mean, d.std)
     # The validation features never change (frozen encoder, no augmentation): computed once.
-    val_f, val_y = extract(encoder, make_loader(cfg, data.val, val_tf, lp.batch_size, False, device), lp.pool,
+    micro = lp.batch_size // lp.accum_iter  # images loaded at once
+    val_f, val_y = extract(encoder, make_loader(cfg, data.val, val_tf, micro, False, device), lp.pool,
                            precision, device, "linprobe val features", progress)
     val_loader = FeatureLoader(val_f, val_y, lp.batch_size, cfg.eval.seed, train=False)
     if lp.augment:  # the paper's protocol: a fresh crop and flip of every image in every epoch
-        model = LinearProbe(encoder, head, lp.pool, precision, device)
-        loader = make_loader(cfg, data.train, linprobe_train_transform(m.img_size, d.mean, d.std), lp.batch_size,
-                             True, device, key="eval.linprobe.batch_size")
+        loader = FeatureSteps(make_loader(cfg, data.train, linprobe_train_transform(m.img_size, d.mean, d.std),
+                                          micro, True, device, key="eval.linprobe.batch_size"),
+                              encoder, lp.pool, precision, device, lp.accum_iter)
     else:  # no augmentation: every epoch would see the same features, so compute them once
-        train_f, train_y = extract(encoder, make_loader(cfg, data.train, val_tf, lp.batch_size, False, device),
+        train_f, train_y = extract(encoder, make_loader(cfg, data.train, val_tf, micro, False, device),
                                    lp.pool, precision, device, "linprobe train features", progress)
-        model = head
         loader = FeatureLoader(train_f, train_y, lp.batch_size, cfg.eval.seed, train=True)
     optimizer = build_optimizer(head, lp)
     scheduler = cosine_schedule(optimizer, lp.epochs, lp.warmup_epochs, loader.steps_per_epoch)
-    history = fit(model, optimizer, scheduler, loader, epochs=lp.epochs, criterion=nn.CrossEntropyLoss(),
-                  precision="fp32" if model is head else precision, device=device,
+    # precomputed features: the head trains in fp32; augmented ones: under autocast, as it always has
+    history = fit(head, optimizer, scheduler, loader, epochs=lp.epochs, criterion=nn.CrossEntropyLoss(),
+                  precision=precision if lp.augment else "fp32", device=device,
                   scaler=grad_scaler(precision, device), seed=cfg.eval.seed,
                   validators={"": lambda: validate(head, val_loader, "fp32", device)},
                   progress=progress, desc="linprobe")

@@ -32,6 +32,8 @@ METRICS = {
     "final_loss": ("loss", "final pretraining loss", ".4f"),
     "flops": ("FLOPs/img", "forward FLOPs per image", ".3g"),
 }
+# The label a dvae_token variant carries when it did not use DALL-E's tokenizer (docs/targets.md)
+IN_SUITE_TOKENIZER = "in-suite tokenizer, not DALL-E"
 # Paper Table 2 states speed-ups relative to the encoder that sees mask tokens (42.4 h / 15.4 h = 2.8x).
 SPEEDUP_REFERENCE = "encoder@8"
 STATE_ORDER = ("failed", "cancelled", "not run", "interrupted", "preempted", "running", "pending", "unavailable")
@@ -51,13 +53,20 @@ class Results:
     def summary(self) -> pd.DataFrame:
         return summarise(self.values)
 
+    def label(self, cell) -> str:
+        """The variant's label, with its caveat when it is not the paper's experiment of that name."""
+        rec = self.records.get(cell.pretrain_id) if cell.pretrain_id else None
+        unit = self.plan.units.get(cell.pretrain_id)
+        why = caveat((rec or {}).get("config") or (unit.cfg.to_dict() if unit else None))
+        return f"{cell.variant} ({why})" if why else cell.variant
+
     def losses(self, ablation: str) -> dict:
         """variant -> per-seed pretraining loss curves (lists of per-epoch losses) of finished runs."""
         out = {}
         for cell in self.plan.cells:
             if cell.ablation != ablation:
                 continue
-            curves = out.setdefault(cell.variant, [])
+            curves = out.setdefault(self.label(cell), [])
             rec = self.records.get(cell.pretrain_id) if cell.pretrain_id else None
             if rec and rec.get("status") == "done" and (rec.get("history") or {}).get("loss"):
                 curves.append([float(v) for v in rec["history"]["loss"]])
@@ -75,7 +84,8 @@ def collect(preset: str = "tiny", seeds: int = 1, overrides=(), names=(), result
     plan = make_plan(abls, preset, max(seeds, _max_seed(frame, preset) + 1), overrides)
     plan.cells = _expected_cells(plan.cells, records, seeds)
     registry = {a.name: a for a in abls}
-    values = cell_values(plan.cells, registry, preset, records)
+    configs = {rid: u.cfg.to_dict() for rid, u in plan.units.items()}
+    values = cell_values(plan.cells, registry, preset, records, configs)
     return Results(preset, results_dir, cfg, plan, registry, records, values)
 
 
@@ -90,16 +100,48 @@ def _max_seed(frame: pd.DataFrame, preset: str) -> int:
 
 def _expected_cells(cells, records, seeds: int):
     seen = {(c.ablation, c.seed) for c in cells
-            if any(rid in records for rid in [c.pretrain_id, *c.eval_ids.values()] if rid)}
+            if any(rid in records for rid in [c.pretrain_id, *c.eval_ids.values(),
+                                              *(e for ch in c.eval_choices.values() for e in ch.values())] if rid)}
     return [c for c in cells if c.seed < seeds or (c.ablation, c.seed) in seen]
 
 
-def cell_values(cells, registry: dict, preset: str, records: dict) -> pd.DataFrame:
+def caveat(config: dict | None) -> str | None:
+    """Why a variant is not the paper's experiment of the same name, from a run's config: the
+    dvae_token target without model.dvae_path trains the suite's own tokenizer, not DALL-E's."""
+    model = (config or {}).get("model") or {}
+    if model.get("target") == "dvae_token" and not model.get("dvae_path"):
+        return IN_SUITE_TOKENIZER
+    return None
+
+
+def best_choice(choices: dict, records: dict) -> tuple[str, str | None]:
+    """(run id, detail) for an eval ladder: the finished run with the best top-1 (the paper reports
+    the best schedule per point) and a line naming every alternative; without a finished one, the
+    first run, whose state then stands for the cell."""
+    done, parts = {}, []
+    for label, eid in choices.items():
+        rec = records.get(eid)
+        top1 = _number(((rec or {}).get("metrics") or {}).get("top1")) if unit_state(rec) == "done" else math.nan
+        if not math.isnan(top1):
+            done[eid] = top1
+        parts.append(f"{label} {top1:.2f}" if not math.isnan(top1) else f"{label} {unit_state(rec)}")
+    if not done:
+        return next(iter(choices.values())), None
+    best = max(done, key=done.get)
+    label = next(lab for lab, eid in choices.items() if eid == best)
+    return best, f"{label} is the best of: {', '.join(parts)}"
+
+
+def cell_values(cells, registry: dict, preset: str, records: dict, configs: dict | None = None) -> pd.DataFrame:
+    """configs: run id -> planned config, for the runs without a record yet."""
     rows = []
+    configs = configs or {}
     for cell in cells:
         abl = registry[cell.ablation]
+        pt_rec = records.get(cell.pretrain_id) if cell.pretrain_id else None
+        why_not = caveat((pt_rec or {}).get("config") or configs.get(cell.pretrain_id))
         base = dict(ablation=cell.ablation, variant=cell.variant, paper_variant=cell.paper_variant,
-                    seed=cell.seed, is_baseline=cell.is_baseline)
+                    seed=cell.seed, is_baseline=cell.is_baseline, caveat=why_not)
         if cell.unavailable:
             for metric in cell_metrics(abl, preset):
                 rows.append({**base, "metric": metric, "value": math.nan, "state": "unavailable",
@@ -108,6 +150,9 @@ def cell_values(cells, registry: dict, preset: str, records: dict) -> pd.DataFra
         pt = records.get(cell.pretrain_id) if cell.pretrain_id else None
         pt_state = unit_state(pt) if cell.pretrain_id else "done"
         for protocol, eid in cell.eval_ids.items():
+            detail = None
+            if cell.eval_choices.get(protocol):
+                eid, detail = best_choice(cell.eval_choices[protocol], records)
             rec = records.get(eid)
             if rec is None and pt_state != "done":  # an evaluation waits for its pretraining
                 state, reason, rid = pt_state, (pt or {}).get("reason"), cell.pretrain_id
@@ -119,7 +164,7 @@ def cell_values(cells, registry: dict, preset: str, records: dict) -> pd.DataFra
                 if math.isnan(value):
                     state, reason = "failed", "the record has no metrics.top1"
             rows.append({**base, "metric": PROTOCOL_METRIC.get(protocol, f"{protocol}_top1"), "value": value,
-                         "state": state, "reason": reason, "run_id": rid})
+                         "state": state, "reason": reason, "run_id": rid, "detail": detail})
         if cell.pretrain_id:
             m = (pt or {}).get("metrics") or {}
             raw = {"final_loss": m.get("final_loss"), "flops": (pt or {}).get("flops_per_image"),
@@ -129,7 +174,7 @@ def cell_values(cells, registry: dict, preset: str, records: dict) -> pd.DataFra
                 rows.append({**base, "metric": metric, "value": value, "state": pt_state,
                              "reason": (pt or {}).get("reason"), "run_id": cell.pretrain_id})
     cols = ["ablation", "variant", "paper_variant", "seed", "is_baseline", "metric", "value", "state", "reason",
-            "run_id"]
+            "run_id", "caveat", "detail"]
     df = pd.DataFrame(rows, columns=cols)
     return add_ratios(df, registry)
 
@@ -174,6 +219,10 @@ def summarise(values: pd.DataFrame) -> pd.DataFrame:
                                             "unavailable", "reasons"]).set_index(keys)
     out = values.groupby(keys, sort=False).agg(paper_variant=("paper_variant", "first"),
                                                is_baseline=("is_baseline", "first"))
+    if "caveat" in values:  # the variant label's qualifier, and each seed's choice of an eval ladder
+        out["caveat"] = values.groupby(keys, sort=False)["caveat"].agg(lambda v: next((c for c in v if c), None))
+        out["details"] = values.groupby(keys, sort=False).apply(
+            lambda g: [f"seed {s}: {d}" for s, d in zip(g.seed, g.detail) if isinstance(d, str)], include_groups=False)
     done = values[values.state == "done"].groupby(keys, sort=False)["value"]
     out = out.join(done.agg(["mean", "std", "count"]).rename(columns={"count": "n"}))
     counts = values.pivot_table(index=keys, columns="state", values="seed", aggfunc="count", fill_value=0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from core.ablation import PAPER_PRESET, load_all
-from core.report.collect import METRICS, PROTOCOL_METRIC, Results, ours_text
+from core.report.collect import IN_SUITE_TOKENIZER, METRICS, PROTOCOL_METRIC, Results, ours_text
 from core.report.paper import PAPER_MODEL, load_paper, model_name, source_name
 
 # Where MAE's own full fine-tuning number lives, for the section-4 comparison with the scratch ViT:
@@ -28,6 +28,8 @@ METRIC_ORDER = ("ft_top1", "linprobe_top1", "knn_top1", "flops_ratio", "hours", 
 STATE_COLUMNS = ("done", "pending", "running", "interrupted", "preempted", "cancelled", "not run", "failed",
                  "unavailable")
 NOT_RUN, REFERENCE, NOT_EVALUATED = "not run at this preset", "reference only", "not evaluated"
+# a variant's caveat -> what its Δ column says instead of a difference that would not be like for like
+NOT_LIKE_FOR_LIKE = {IN_SUITE_TOKENIZER: "n/a: different tokenizer"}
 
 
 @dataclass
@@ -124,9 +126,11 @@ def ablation_table(tid, abl, res: Results, summ, prows, series, model) -> Table:
         if not any(r["paper"] == pv for r in rows):
             rows.append(dict(ours=None, paper=pv, shown=pv, model=model, note=REFERENCE, our_baseline=False,
                              paper_default=False))
-    entries, notes = [], []
+    entries, notes, picks = [], [], []  # picks: which run of an eval ladder each number is
     for i, row in enumerate(rows):
-        label = _label(row)
+        mine = summ[[a == abl.name and v == row["ours"] for a, v, _ in summ.index]] if "caveat" in summ else summ.iloc[:0]
+        why = next((c for c in mine.get("caveat", []) if isinstance(c, str)), None)
+        label = _label(row) + (f" [{why}]" if why else "")
         for metric in metrics:
             e = _entry(tid, i, label, row, "ours", metric)
             key = (abl.name, row["ours"], metric)
@@ -137,9 +141,12 @@ def ablation_table(tid, abl, res: Results, summ, prows, series, model) -> Table:
                 e.update(n=int(s["n"]), mean=s["mean"], std=s["std"], ours=ours_text(s, METRICS[metric][2]),
                          **{st: int(s[st]) for st in STATE_COLUMNS})
                 notes += [f"{abl.name}/{row['ours']} {why}" for why in s["reasons"]]
+                picks += [f"{abl.name}/{row['ours']} {d}" for d in s.get("details", [])]
             else:
                 e["ours"] = NOT_EVALUATED if metric not in measured else "—"
             _join_paper(e, prows, row["model"], row["paper"], metric)
+            if why:  # the paper's number is shown, but no difference to it
+                e.update(caveat=why, delta=math.nan)
             entries.append(e)
         for name, g in series.groupby("ablation", sort=False):
             for metric in dict.fromkeys(g.metric):
@@ -148,7 +155,7 @@ def ablation_table(tid, abl, res: Results, summ, prows, series, model) -> Table:
                 _join_paper(e, g, row["model"], row["paper"], metric)
                 entries.append(e)
     notes = list(dict.fromkeys(notes))  # one failed pretraining fails every metric of its row
-    notes = [f"failed or unavailable: {n}" for n in notes]
+    notes = [f"failed or unavailable: {n}" for n in notes] + list(dict.fromkeys(picks))
     if NOT_EVALUATED in {e["ours"] for e in entries}:
         notes.append(f"{NOT_EVALUATED}: at preset {res.preset} this ablation runs "
                      f"{' + '.join(abl.evals_for(res.preset))} only")
@@ -166,7 +173,7 @@ def _entry(tid, i, label, row, series, metric) -> dict:
     return dict(table=tid, row=i, label=label, ours_variant=row["ours"], paper_variant=row["paper"],
                 paper_label=row.get("shown", row["paper"]), model=row["model"], series=series, our_baseline=row["our_baseline"],
                 paper_default=row["paper_default"], metric=metric, n=0, mean=math.nan, std=math.nan, ours="",
-                paper=math.nan, delta=math.nan, paper_key=None, **{st: 0 for st in STATE_COLUMNS})
+                paper=math.nan, delta=math.nan, paper_key=None, caveat=None, **{st: 0 for st in STATE_COLUMNS})
 
 
 def _join_paper(e: dict, prows, model, variant, metric) -> None:
@@ -224,7 +231,9 @@ def _table(tid, title, entries, notes, preset, ablation) -> Table:
             fmt = METRICS.get(m, (m, m, ".3g"))[2]
             line.append(e.ours)
             if m in in_paper:
-                line += [_fmt(e.paper, "g"), _fmt(e.delta, fmt, sign=True)]
+                caveat = e.get("caveat")
+                line += [_fmt(e.paper, "g"), NOT_LIKE_FOR_LIKE.get(caveat, f"n/a: {caveat}") if isinstance(caveat, str)
+                         else _fmt(e.delta, fmt, sign=True)]
         for s in series:
             for m in dict.fromkeys(frame.metric[frame.series == s]):
                 e = g[(g.series == s) & (g.metric == m)]
