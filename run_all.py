@@ -462,14 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("targets", nargs="*", metavar="ABLATION|all|key=value")
         if name == "run":
             p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+            p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
+            p.add_argument("--nproc", type=positive_int, help="--rehearse: torchrun processes (default 2)")
         else:
             p.add_argument("--watch", nargs="?", type=positive_float, const=10.0, default=None, metavar="SECONDS",
                            help="refresh every SECONDS (default 10) until Ctrl-C")
-
-
-            p.add_argument("--quiet", action="store_true", help="no progress bars")
-            p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
-            p.add_argument("--nproc", type=positive_int, help="--rehearse: torchrun processes (default 2)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("submit", help="submit ablation sweeps as cluster job arrays (docs/cluster.md)")

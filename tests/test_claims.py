@@ -1,6 +1,5 @@
 """The claims table: synthetic records whose numbers are chosen so that claims come out reproduced,
 contradicted and inconclusive, read back from `run_all.py report`, and the verdict rule at its edges."""
-import os
 
 import pandas as pd
 import pytest
