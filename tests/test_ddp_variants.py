@@ -100,7 +100,7 @@ def test_every_ablation_variant_and_every_protocol_runs_under_two_process_ddp(tm
     plan = variant_plan(overrides)
     kinds = {u.kind for u in plan.units.values()}
     assert kinds == {"pretrain", "linprobe", "knn", "finetune", "partial", "scratch"}
-    assert {a for c in plan.cells for a in [c.ablation]} == set(load_all())
+    assert {c.ablation for c in plan.cells} == set(load_all())
     assert any(u.cfg.model.mask_token_in_encoder for u in plan.pretrains)
     # the tokenizer first, in this process: rank 1 would otherwise poll for rank 0's file every 10 s
     [dvae] = [u for u in plan.pretrains if u.cfg.model.target == "dvae_token"]

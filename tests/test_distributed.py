@@ -192,7 +192,7 @@ def test_pretraining_batch_that_does_not_split_over_the_processes_stops_before_w
     from core.errors import ConfigError
     fake_world(monkeypatch, core.train, 4)
     cfg = fast_cfg("pretrain.batch_size=30", "pretrain.accum_iter=2")
-    with pytest.raises(ConfigError, match=r"pretrain.batch_size=30 does not split .* use pretrain.batch_size=24 or 32$"):
+    with pytest.raises(ConfigError, match=r"batch_size=30 does not split .* use pretrain.batch_size=24 or 32$"):
         core.train.pretrain(cfg, progress=False)
     assert results.read_record(cfg.run.results_dir, cfg.run_id()) is None
     assert not os.path.exists(cfg.run.work_dir)
