@@ -93,10 +93,9 @@ def split_batch(batch: int, world: int, accum: int = 1, key: str = "pretrain.bat
     sizes = f"{key}={below} or {above}" if below else f"{key}={above}"
     hint = ""
     if accum > 1 and batch % world == 0:  # or keep the batch and change the accumulation
-        per_process = batch // world
-        fits = [a for a in range(1, per_process + 1) if per_process % a == 0]
-        near = sorted({max((a for a in fits if a < accum), default=None), min((a for a in fits if a > accum),
-                                                                             default=None)} - {None})
+        fits = [a for a in range(1, batch // world + 1) if batch // world % a == 0]
+        near = [a for a in (max((a for a in fits if a < accum), default=None),
+                            min((a for a in fits if a > accum), default=None)) if a is not None]
         hint = f", or {accum_key}={' or '.join(map(str, near))}"
     procs = f"{world} process{'es' if world > 1 else ''}"
     split = f"{procs} x {accum_key}={accum}" if accum > 1 else procs

@@ -104,9 +104,11 @@ class MAE(ViTEncoder):
         if self.mask_token_in_encoder:
             # Table 1c variant: the encoder sees a learned token (plus position) at masked positions
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, d))
+            # checkpoints of this variant written before it lost the decoder's token still hold it
+            self.register_load_state_dict_pre_hook(_drop_decoder_mask_token)
         else:
-            # the decoder's mask token exists only where the decoder fills masked positions: an
-            # unused parameter would make DDP wait forever for its gradient
+            # the decoder's mask token exists only where the decoder fills masked positions: DDP
+            # expects a gradient for every parameter and stops on the next step if one got none
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.decoder_embed = nn.Linear(d, dd)
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(self.grid, dd), requires_grad=False)
@@ -150,6 +152,10 @@ class MAE(ViTEncoder):
 
     def forward(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.forward_decoder(self.forward_encoder(imgs, mask), mask)
+
+
+def _drop_decoder_mask_token(module, state_dict, prefix, *args):
+    state_dict.pop(prefix + "mask_token", None)  # never used by this variant: its initial value
 
 
 def visible_index(mask: torch.Tensor, num_visible: int) -> torch.Tensor:

@@ -97,11 +97,11 @@ def add_eval(plan: Plan, kind: str, cfg, parent: str, who=("ddp", "extra", 0)) -
 
 def variant_plan(overrides) -> Plan:
     """The sweep of every ablation at the tiny preset: every pretraining run; of its evaluations
-    those of the mask token ablation (the one variant whose encoder differs: it was built with the
-    decoder's mask token), partial fine-tuning and scratch. Every pretraining variant's encoder is
-    evaluated by the same code, so the linear probes and kNN of the others add nothing here but
-    time. On the mask token runs also full fine-tuning, which only the paper preset plans, and the
-    paper's linear probe and fine-tuning recipes."""
+    those of the mask token ablation (its encoder-[M] variant is the one whose model is built
+    differently), partial fine-tuning and scratch. Every variant's encoder is evaluated by the same
+    code, so the linear probes and kNN of the others would add time, not coverage. On the mask
+    token runs also full fine-tuning, which only the paper preset plans, and the paper's linear
+    probe and fine-tuning recipes."""
     plan = make_plan(list(load_all().values()), "tiny", overrides=overrides)
     keep = ("mask_token", "partial_finetune", "scratch_baseline")
     plan.units = {rid: u for rid, u in plan.units.items()
@@ -120,11 +120,11 @@ PROTOCOLS = {"linprobe": ("linprobe", {}), "linprobe_augment": ("linprobe", PAPE
 
 
 def write_done_late(write_record, delay_s: float = 1.0):
-    """results.write_record on rank 0 of a process group, 'done' records written `delay_s` late
-    (as on a slow shared filesystem): the other ranks must not go on to an evaluation that reads
-    the record of the pretraining run before it says done."""
+    """results.write_record for rank 0 of a process group: the 'done' record of a pretraining run
+    written `delay_s` late (as on a slow shared filesystem). The other ranks must not go on to an
+    evaluation, which reads that record, before it says done."""
     def write(results_dir, record):
-        if record.get("status") == "done":
+        if record.get("kind") == "pretrain" and record.get("status") == "done":
             time.sleep(delay_s)
         return write_record(results_dir, record)
     return write
@@ -179,9 +179,9 @@ if __name__ == "__main__":
     mode, out, *overrides = sys.argv[1:]
     main = int(os.environ.get("RANK", 0)) == 0
     try:
-        result = run(mode, overrides, log=print if main else (lambda *a: None))
+        value = run(mode, overrides, log=print if main else (lambda *a: None))
         if main:
             with open(out, "w") as f:
-                json.dump(result, f)
+                json.dump(value, f)
     finally:
         shutdown()

@@ -19,8 +19,8 @@ from tests.ddp_units import LAUNCH_VARS  # noqa: F401  (tests/test_eval.py and t
 # index), so 2 ranks x half batches compute the 1-process gradients up to summation order.
 # fp32: in bf16 the two summation orders round apart by ~3e-3 (measured), hiding what is compared.
 DDP = FAST + ["model.mask_strategy=grid", "pretrain.accum_iter=2", "pretrain.precision=fp32"]
-# Measured: max |w_2proc - w_1proc| = 1.3e-5 after 16 steps (the updates themselves are ~1e-3);
-# ranks that stepped on their own halves without averaging would differ by about the update size.
+# Measured: max |w_2proc - w_1proc| = 1.3e-5 and 2.1e-5 after 16 steps (the updates themselves are
+# ~1e-3); ranks that stepped on their own halves without averaging differed by 1.1e-3.
 DDP_ATOL = 1e-4
 
 
@@ -121,20 +121,25 @@ def unit_weights(cfg, run_id):
     return checkpoint.latest(os.path.join(cfg.run.work_dir, run_id))[0]["model"]
 
 
-# name -> max |w_2proc - w_1proc| allowed on the final weights (fp32 throughout), measured on this
-# machine with the numbers in the comments; "no DDP" is the same 2-process run with the
-# DistributedDataParallel wrapper removed (each rank stepping on its own half of the batch).
+# name -> max |w_2proc - w_1proc| allowed on the final weights (fp32 throughout). Measured on this
+# machine: "DDP" the 2-process run, "no DDP" the same with the DistributedDataParallel wrapper of the
+# evaluation (or of pretraining) removed, each rank stepping on its own half of the batch.
 MATCH = {
-    # 16 AdamW steps: measured 1.3e-5 (no DDP: 1.6e-3)
-    "pretrain": DDP_ATOL,
-    # LARS on the head, 8 steps: every process trains on the whole batch of precomputed features, so
-    # DDP averages equal gradients; what is checked is that nothing else differs. Measured: TODO
-    "linprobe": 1e-4,
-    # 8 AdamW steps with layer decay: measured TODO (no DDP: TODO)
-    "finetune": 1e-3,
-    # the last 2 blocks, norm and head, 8 steps: measured TODO (no DDP: TODO)
-    "partial": 1e-3,
+    "pretrain": DDP_ATOL,  # 16 AdamW steps: DDP 2.1e-5, no DDP 1.1e-3
+    # 8 LARS steps of the head. Every process trains on the whole batch of precomputed features (the
+    # tiny preset's probe has no augmentation, so nothing is sharded): DDP averages equal gradients
+    # and cannot be told from no DDP (both 4.1e-7); checked is that this path runs and matches.
+    "linprobe": 1e-5,
+    # The paper's probe: fresh crops, sharded; see PER_PROCESS_BATCHNORM
+    "linprobe_augment": 1e-3,
+    "finetune": 1e-4,  # 8 AdamW steps with layer decay: DDP 1.5e-6, no DDP 7.0e-3
+    "partial": 1e-4,  # the last 2 blocks, norm and head, 8 steps: DDP 1.2e-6, no DDP 8.3e-3
 }
+# The probe head's BatchNorm normalises each process's half of the batch with its own statistics, as
+# the paper's code does (no SyncBatchNorm; gloo on the CPU has none): neither its running statistics
+# (rank 0's, broadcast by DDP: 4.2e-3 apart) nor its losses equal one process's. The trained weight
+# and bias do within sampling noise: DDP 1.9e-4, no DDP 0.55.
+PER_PROCESS_BATCHNORM = {"linprobe_augment"}
 
 
 @pytest.mark.parametrize("name", list(MATCH))
@@ -142,17 +147,21 @@ def test_two_process_ddp_matches_one_process(ddp_runs, name):
     """Pretraining with accum_iter=2 (no_sync on the first micro-step) and each trained evaluation
     protocol: 2 gloo processes, each half of the global batch (sharded data, validation summed over
     the ranks), end with the weights and losses of one process with the same global batch. One
-    record per run, of world size 2."""
+    record per run, of world size 2. (Rank 0 writes its 'done' records late in this launch: the
+    evaluations that follow the pretraining on rank 1 must wait for its record.)"""
     from core import results
 
     cfgs, ids = ddp_runs
     recs = {n: results.read_record(cfgs[n].run.results_dir, ids[name]) for n in (1, 2)}
     assert recs[2]["status"] == "done" and recs[2]["world_size"] == 2 and recs[1]["world_size"] == 1
     assert len(os.listdir(os.path.join(cfgs[2].run.results_dir, "runs"))) == len(ids)
-    worst = assert_weights_close(*(unit_weights(cfgs[n], ids[name]) for n in (2, 1)), atol=MATCH[name])
-    print(f"{name}: max |w_2proc - w_1proc| = {worst:.2g}")
-    for a, b in zip(recs[2]["history"]["loss"], recs[1]["history"]["loss"]):
-        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+    weights = [unit_weights(cfgs[n], ids[name]) for n in (2, 1)]
+    if name in PER_PROCESS_BATCHNORM:
+        weights = [{k: v for k, v in w.items() if not k.startswith("head.0.")} for w in weights]
+    assert_weights_close(*weights, atol=MATCH[name])
+    if name not in PER_PROCESS_BATCHNORM:
+        for a, b in zip(recs[2]["history"]["loss"], recs[1]["history"]["loss"], strict=True):
+            assert math.isclose(a, b, rel_tol=1e-4), (a, b)
 
 
 @pytest.mark.parametrize("batch, world, accum, message", [
@@ -183,7 +192,7 @@ def test_pretraining_batch_that_does_not_split_over_the_processes_stops_before_w
     from core.errors import ConfigError
     fake_world(monkeypatch, core.train, 4)
     cfg = fast_cfg("pretrain.batch_size=30", "pretrain.accum_iter=2")
-    with pytest.raises(ConfigError, match=r"pretrain.batch_size=30 does not split .* use pretrain.batch_size=24 or 32$"):
+    with pytest.raises(ConfigError, match=r"batch_size=30 does not split .* use pretrain.batch_size=24 or 32$"):
         core.train.pretrain(cfg, progress=False)
     assert results.read_record(cfg.run.results_dir, cfg.run_id()) is None
     assert not os.path.exists(cfg.run.work_dir)

@@ -167,7 +167,8 @@ def test_no_host_sync_per_step_under_two_process_ddp(tmp_path, dirs):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     syncs = result(tmp_path / "syncs.json")
     assert syncs["quiet"] == [[], []]
-    where = [[(c.split()[0], os.path.basename(c.split()[-1]).split(":")[0]) for c in calls] for calls in syncs["logged"]]
+    where = [[(c.split()[0], os.path.basename(c.split()[-1]).split(":")[0]) for c in calls]
+             for calls in syncs["logged"]]
     assert where == [[("item", "train.py"), ("item", "distributed.py"), ("item", "train.py")]] * 2, syncs["logged"]
 
 

@@ -162,9 +162,10 @@ def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, devi
     Sharded over the ranks (default: training loaders), `batch_size` (setting `key`) then being the
     global batch; feature extraction reads whole splits on every rank."""
     dist = current().dist if (train if shard is None else shard) else DistInfo()
-    return EpochLoader(Transformed(base, transform), split_batch(batch_size, dist.world, key=key) if train else batch_size,
-                       cfg.eval.seed, shuffle=train, drop_last=train, num_workers=cfg.data.num_workers,
-                       rank=dist.rank, world=dist.world, pin_memory=device.type == "cuda")
+    per_rank = split_batch(batch_size, dist.world, key=key) if train else batch_size
+    return EpochLoader(Transformed(base, transform), per_rank, cfg.eval.seed, shuffle=train, drop_last=train,
+                       num_workers=cfg.data.num_workers, rank=dist.rank, world=dist.world,
+                       pin_memory=device.type == "cuda")
 
 
 @contextlib.contextmanager
