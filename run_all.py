@@ -46,14 +46,15 @@ def cmd_pretrain(args):
     print(f"run {rec['run_id']}: {rec['status']}, loss {m.get('first_loss', float('nan')):.4f} -> "
           f"{m.get('final_loss', float('nan')):.4f}, {rec.get('wall_time_s', 0):.1f} s")
     print(f"record: {os.path.join(cfg.run.results_dir, 'runs', rec['run_id'] + '.json')}")
-    print(f"checkpoint: {rec.get('last_checkpoint') or ckpt_dir(cfg)}")
+    print(f"checkpoint: {rec.get('last_checkpoint') or ckpt_dir(cfg, rec['run_id'])}")
 
 
 def cmd_config(args):
     from core.config import build_config, flat_dict
+    from core.fingerprint import resolve
     from core.settings import SETTINGS
 
-    cfg = build_config(args.preset, args.overrides)
+    cfg = resolve(build_config(args.preset, args.overrides))  # the run id with the dataset's fingerprint
     flat = flat_dict(cfg)
     width = max(len(f"{k} = {v!r}") for k, v in flat.items())
     print(f"# preset {args.preset}{' + ' + ' '.join(args.overrides) if args.overrides else ''}; "

@@ -25,6 +25,7 @@ from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory
                          resolve_precision)
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
 from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
+from core.fingerprint import resolve as resolve_dataset
 from core.masking import make_mask
 from core.model import MAE
 from core.targets import build_target
@@ -102,6 +103,7 @@ def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
 
 def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     """Train (or resume, or skip) the run `cfg` describes; returns its final record."""
+    cfg = resolve_dataset(cfg)  # the dataset's content, not its path, is part of the run id
     run_id = cfg.run_id()
     done = results.read_record(cfg.run.results_dir, run_id)
     if done and done.get("status") == "done":

@@ -21,6 +21,7 @@ from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
 from core.eval.common import (KINDS, PROTOCOLS, Record, Session, check_protocol, encoder_state, eval_data,
                               eval_run_id, load_init, session)
+from core.fingerprint import resolve as resolve_dataset
 
 __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
 
@@ -34,6 +35,7 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     if run_id is not None and init is not None:
         raise UserError("evaluate either a pretraining run (--run) or a checkpoint file (--init), not both")
     extra, state = {}, None
+    cfg = resolve_dataset(cfg)  # the pretraining run's id holds its dataset's fingerprint
     if init is not None:
         state, sha = load_init(init)
         parent = f"init-{sha[:12]}"
