@@ -13,8 +13,9 @@ import re
 import subprocess
 import time
 
+from core import checkpoint
 from core.checkpoint import atomic_write
-from core.errors import UserError
+from core.errors import CheckpointError, UserError
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]{0,199}$")
 
@@ -97,6 +98,22 @@ def load_records(results_dir: str):
         row["record"] = rec
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def final_checkpoint(rec: dict) -> tuple[dict, str]:
+    """(state, path) of exactly the checkpoint a finished pretraining record names, verified against
+    the record's checksum. Never an older one: evaluating other weights than the run's would be a
+    silently wrong result, so a missing or damaged file is a one-line error."""
+    rid, path, sha = rec.get("run_id"), rec.get("last_checkpoint"), rec.get("last_checkpoint_sha256")
+    if not path:
+        raise CheckpointError(f"the record of run {rid} names no final checkpoint")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"the final checkpoint of run {rid}, {path}, is missing; an older one is not used")
+    if sha and checkpoint.sha256(path) != sha:
+        raise CheckpointError(f"the final checkpoint of run {rid}, {path}, does not match the checksum in its record "
+                              f"(damaged or replaced); an older one is not used: pretrain it again after removing "
+                              f"its record")
+    return checkpoint.load_file(path), path
 
 
 def git_commit() -> str | None:

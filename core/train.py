@@ -247,12 +247,14 @@ class _Run:
             bar.close()
         elapsed = self.train_time()
         barrier()
+        final = os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step))
         metrics = {"final_loss": self.history[-1] if self.history else None,
                    "first_loss": self.history[0] if self.history else None}
         return self.write_record("done", finished_at=results.now(), metrics=metrics,
                                  wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
                                  flops_per_image=flops, images_skipped=self.skipped,
-                                 last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+                                 last_checkpoint=final,  # evaluations load exactly this file, checked by its hash
+                                 last_checkpoint_sha256=checkpoint.sha256(final) if self.dist.is_main else None)
 
     def _end_epoch(self, epoch: int):
         # the epoch's loss over every rank's images, not rank 0's alone
@@ -272,8 +274,10 @@ class _Run:
 
     def _check_finite(self, value: float, epoch: int):
         if not math.isfinite(value):
-            raise TrainingFailed(f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; "
-                                 f"the last good checkpoint is kept in {self.ckpt_dir}")
+            saved = checkpoint.list_checkpoints(self.ckpt_dir)
+            where = (f"the last good checkpoint is kept: {saved[-1]}" if saved else
+                     "no checkpoint was written yet (the run restarts from scratch)")
+            raise TrainingFailed(f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; {where}")
 
     def _train_epoch(self, epoch: int, start_step: int, bar) -> tuple[int, int]:
         """Optimizer steps from `start_step` to the end of the epoch (or to a stop signal)."""
@@ -327,7 +331,5 @@ def load_pretrained_encoder(cfg: Config, run_id: str | None = None):
         raise UserError(f"no run record for {run_id} in {results.runs_dir(cfg.run.results_dir)}")
     if rec.get("status") != "done":
         raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
-    found = checkpoint.latest(rec.get("checkpoint_dir") or ckpt_dir(cfg, run_id))
-    if found is None:
-        raise UserError(f"no checkpoint of run {run_id} in {rec.get('checkpoint_dir')}")
-    return rec, checkpoint.model_state(found[0], found[1])
+    state, path = results.final_checkpoint(rec)
+    return rec, checkpoint.model_state(state, path)

@@ -300,3 +300,115 @@ def test_dataset_errors_are_data_errors(tmp_path):
     for path, needle in ((tmp_path / "nope", "does not exist"), (tmp_path, "holds no images")):
         with pytest.raises(DataError, match=needle):
             ImageFolderImages(str(path))
+
+
+# --------------------------------------------------------------------------- issue 18: records say what is true
+
+REQUIRE_MOUNT = os.environ.get("MAE_REQUIRE_MOUNT") == "1"  # CI (root): the tmpfs test must run
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs of a given size (root only): a disk that really fills up, as torch.save meets it."""
+    mounted = []
+
+    def mount(size_bytes):
+        d = tmp_path / f"tmpfs{len(mounted)}"
+        d.mkdir()
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(d)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            reason = f"cannot mount a tmpfs here ({(out.stderr or 'not root').strip()[:120]})"
+            if REQUIRE_MOUNT:
+                pytest.fail(f"MAE_REQUIRE_MOUNT=1 but {reason}")
+            pytest.skip(reason + "; set MAE_REQUIRE_MOUNT=1 to make this a failure")
+        mounted.append(d)
+        return d
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_really_full_disk_while_checkpointing_is_one_line_and_a_failed_record(fast_cfg, small_tmpfs, capsys,
+                                                                                 tmp_path):
+    """torch.save reports ENOSPC as a RuntimeError (not OSError): it used to end in a 38-line traceback
+    and a record left `running`."""
+    import run_all
+    probe = fast_cfg("pretrain.epochs=1")
+    pretrain(probe, progress=False)
+    size = os.path.getsize(checkpoint.list_checkpoints(ckpt_dir(probe))[0])
+    work = small_tmpfs(int(size * 1.5))  # the first checkpoint fits, the second does not
+    results_dir = tmp_path / "results_elsewhere"
+    base = ["pretrain", "--quiet", *FAST, "pretrain.epochs=3", f"run.results_dir={results_dir}", f"run.work_dir={work}"]
+    assert run_all.main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write checkpoint") and "MiB free" in err[0], err
+    cfg = fast_cfg("pretrain.epochs=3", f"run.results_dir={results_dir}", f"run.work_dir={work}")
+    rec = results.read_record(str(results_dir), cfg.run_id())
+    assert rec["status"] == "failed" and "cannot write checkpoint" in rec["reason"]
+    left = os.listdir(ckpt_dir(cfg))
+    assert left == ["ckpt-000000008.pt"]  # the previous checkpoint, and no partial file
+    assert checkpoint.load_file(os.path.join(ckpt_dir(cfg), left[0]))["global_step"] == 8
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(fast_cfg, monkeypatch):
+    from core.errors import TrainingFailed
+    import core.targets
+
+    cfg = fast_cfg("pretrain.epochs=3", "pretrain.checkpoint_every=2")
+    real = core.targets.PixelTarget.__call__
+    monkeypatch.setattr(core.targets.PixelTarget, "__call__", lambda self, imgs: real(self, imgs) * float("nan"))
+    with pytest.raises(TrainingFailed) as e:
+        pretrain(cfg, progress=False)
+    assert "no checkpoint was written yet" in str(e.value) and checkpoint.list_checkpoints(ckpt_dir(cfg)) == []
+    monkeypatch.undo()
+    cfg2 = fast_cfg("pretrain.epochs=3", "pretrain.checkpoint_every=1", "pretrain.seed=1")
+    calls = []
+
+    def late_nan(self, imgs):
+        calls.append(1)
+        return real(self, imgs) * (float("nan") if len(calls) > 10 else 1.0)
+    monkeypatch.setattr(core.targets.PixelTarget, "__call__", late_nan)
+    with pytest.raises(TrainingFailed) as e:
+        pretrain(cfg2, progress=False)
+    newest = checkpoint.list_checkpoints(ckpt_dir(cfg2))[-1]
+    assert f"the last good checkpoint is kept: {newest}" in str(e.value) and os.path.isfile(newest)
+
+
+def test_a_damaged_final_checkpoint_stops_evaluation_instead_of_using_an_older_one(fast_cfg, capsys):
+    import run_all
+    cfg = fast_cfg()
+    rec = pretrain(cfg, progress=False)
+    final = rec["last_checkpoint"]
+    assert rec["last_checkpoint_sha256"] == checkpoint.sha256(final)
+    assert len(checkpoint.list_checkpoints(ckpt_dir(cfg))) == 2  # an older one exists: it must not be used
+    dirs = [f"run.results_dir={cfg.run.results_dir}", f"run.work_dir={cfg.run.work_dir}"]
+    for damage in ("flip", "truncate", "delete"):
+        if damage == "flip":  # still loads, other weights: only the checksum sees it
+            state = checkpoint.load_file(final)
+            key = next(iter(state["model"]))
+            state["model"][key] = state["model"][key] + 1
+            torch.save(state, final)
+        elif damage == "truncate":
+            with open(final, "r+b") as f:
+                f.truncate(os.path.getsize(final) // 2)
+        else:
+            os.remove(final)
+        assert run_all.main(["eval", "knn", "--quiet", *FAST, *dirs]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and os.path.basename(final) in err[0] and "an older one is not used" in err[0], err
+    assert not [r for r in results.iter_records(cfg.run.results_dir) if r["kind"] == "knn"]  # no record written
+
+
+def test_torch_warnings_never_reach_the_user_when_a_pickle_is_refused(tmp_path):
+    import pickle
+    import warnings
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": os.system}, f, protocol=4)  # protocol 4: torch warns in several lines
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+            checkpoint.load_file(str(path))
+    assert [str(w.message) for w in seen] == []
