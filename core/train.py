@@ -18,7 +18,7 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from core import checkpoint, results
+from core import checkpoint, results, runlock
 from core.config import Config
 from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
@@ -113,8 +113,14 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on the activations every step
     dist = init_distributed(device)
-    with StopFlag() as stop:
-        return _Run(cfg, run_id, device, dist, stop, progress).train()
+    # one process at a time per run (rank 0 holds it for its DDP group): a second runner waits, then
+    # finds the record done and trains nothing
+    with runlock.hold(ckpt_dir(cfg, run_id), run_id, enabled=dist.is_main):
+        done = results.read_record(cfg.run.results_dir, run_id)
+        if any_rank(bool(done and done.get("status") == "done"), device):
+            return results.read_record(cfg.run.results_dir, run_id)
+        with StopFlag() as stop:
+            return _Run(cfg, run_id, device, dist, stop, progress).train()
 
 
 class _Run:

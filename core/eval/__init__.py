@@ -12,7 +12,7 @@ import dataclasses
 import os
 import time
 
-from core import results
+from core import results, runlock
 from core.config import Config, config_from_dict, validate as validate_config
 from core.data import check_dataset_path
 from core.device import resolve_device, resolve_precision
@@ -53,7 +53,7 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
         from core.train import load_pretrained_encoder
         state = load_pretrained_encoder(cfg, parent)[1]
     state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
-    return _run(cfg, protocol, eid, parent, state, progress, extra)
+    return _run_once(cfg, protocol, eid, parent, state, progress, extra)
 
 
 def scratch(cfg: Config, progress: bool = True) -> dict:
@@ -64,7 +64,7 @@ def scratch(cfg: Config, progress: bool = True) -> dict:
     if done and done.get("status") == "done":
         return done
     check_dataset_path(cfg.data)
-    return _run(cfg, "scratch", eid, None, None, progress, {})
+    return _run_once(cfg, "scratch", eid, None, None, progress, {})
 
 
 def pretrained_config(cfg: Config, run_id: str) -> Config:
@@ -85,6 +85,16 @@ def pretrained_config(cfg: Config, run_id: str) -> Config:
                               data=dataclasses.replace(cfg.data, augmentation=run_cfg.data.augmentation))
     validate_config(cfg)
     return cfg
+
+
+def _run_once(cfg: Config, kind: str, eid: str, *args) -> dict:
+    """_run under the evaluation's lock (core.runlock): a second runner of the same sweep waits, then
+    returns the record the first one wrote. Rank 0 holds it for a DDP group."""
+    with runlock.hold(os.path.join(cfg.run.work_dir, eid), eid, enabled=int(os.environ.get("RANK", 0)) == 0):
+        done = results.read_record(cfg.run.results_dir, eid)
+        if done and done.get("status") == "done":
+            return done
+        return _run(cfg, kind, eid, *args)
 
 
 RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,
