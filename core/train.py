@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from core import checkpoint, results, runlock
 from core.config import Config
-from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
+from core.data import (EpochLoader, Transformed, build_dataset, check_dataset_path, check_unreadable,
+                       pretrain_transform)
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed
@@ -235,6 +236,7 @@ class _Run:
         try:
             while self.global_step < total_steps:
                 epoch, step_in_epoch = divmod(self.global_step, self.steps_per_epoch)
+                step_before = self.global_step
                 n, k = self._train_epoch(epoch, step_in_epoch, bar)
                 self.images_seen, self.skipped = self.images_seen + n, self.skipped + k
                 if self._stopping():
@@ -242,6 +244,8 @@ class _Run:
                     self.write_record("preempted", reason=f"signal {self.stop.signum}", last_checkpoint=path)
                     raise Preempted(f"stopped by signal {self.stop.signum} at step {self.global_step}; "
                                     f"checkpoint {path}")
+                check_unreadable(epoch, self.global_step - step_before, n,
+                                 int(all_sum(torch.tensor(float(k), dtype=torch.float64)).item()), cfg.data)
                 self._end_epoch(epoch)
         except (TrainingFailed, CheckpointError) as e:  # a CheckpointError here: the disk is full or gone
             try:

@@ -411,3 +411,55 @@ def test_torch_warnings_never_reach_the_user_when_a_pickle_is_refused(tmp_path):
         with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
             checkpoint.load_file(str(path))
     assert [str(w.message) for w in seen] == []
+
+
+def test_an_all_unreadable_dataset_stops_within_one_epoch(tmp_path, capsys):
+    """It used to spin forever at step 0 (loss 0.0 appended each pass, the checkpoint rewritten)."""
+    import run_all
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(12):
+                (tmp_path / "data" / split / cls / f"{i}.png").write_bytes(b"not an image")
+    args = ["pretrain", "--quiet", "data.dataset=imagefolder", f"data.path={tmp_path / 'data'}", "pretrain.epochs=3",
+            "pretrain.warmup_epochs=0", "pretrain.batch_size=8", f"run.results_dir={tmp_path}/results",
+            f"run.work_dir={tmp_path}/work"]
+    t0 = time.monotonic()
+    assert run_all.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epoch 0 advanced no optimizer step: 24 images were unreadable" in err[0], err
+    assert time.monotonic() - t0 < 120
+    # a dataset with a quarter of its images unreadable: more than the stated 10%, one line too
+    for i in range(12):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / "train" / cls / f"{i}.png").unlink()
+            if i < 9:
+                from PIL import Image
+                Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(tmp_path / "data" / "train" / cls / f"{i}.png")
+            else:
+                (tmp_path / "data" / "train" / cls / f"{i}.png").write_bytes(b"broken")
+    assert run_all.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 6 of 24 images as unreadable, more than 10%" in err[0], err
+
+
+@pytest.mark.xfail(strict=True, reason="needs issue 17's generic failed-record path in core/train.py _Run.train "
+                                       "(a DataError bypasses it on this branch); remove this mark once merged")
+@pytest.mark.parametrize("broken", ["all_unreadable", "on_corrupt_error"])
+def test_a_data_error_mid_run_leaves_a_failed_record_with_its_reason(tmp_path, broken):
+    from core.config import build_config
+
+    data = make_image_folder(tmp_path / "data") if broken == "on_corrupt_error" else tmp_path / "data"
+    if broken == "all_unreadable":
+        for cls in ("a", "b"):
+            (data / "train" / cls).mkdir(parents=True)
+            for i in range(12):
+                (data / "train" / cls / f"{i}.png").write_bytes(b"not an image")
+    cfg = build_config("tiny", ["data.dataset=imagefolder", f"data.path={data}", "pretrain.batch_size=8",
+                                "pretrain.epochs=1", "pretrain.warmup_epochs=0", f"run.results_dir={tmp_path}/r",
+                                f"run.work_dir={tmp_path}/w"] + (["data.on_corrupt=error"] if broken != "all_unreadable" else []))
+    with pytest.raises(DataError):
+        pretrain(cfg, progress=False)
+    from core.fingerprint import resolve
+    rec = results.read_record(cfg.run.results_dir, resolve(cfg).run_id())
+    assert rec["status"] == "failed" and ("unreadable" in rec["reason"] or "cannot read image" in rec["reason"])
