@@ -463,3 +463,36 @@ def test_a_data_error_mid_run_leaves_a_failed_record_with_its_reason(tmp_path, b
     from core.fingerprint import resolve
     rec = results.read_record(cfg.run.results_dir, resolve(cfg).run_id())
     assert rec["status"] == "failed" and ("unreadable" in rec["reason"] or "cannot read image" in rec["reason"])
+
+
+def test_valid_json_that_is_not_a_record_is_skipped_by_every_reader_with_one_line(tmp_path, capsys):
+    import json
+
+    import run_all
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    bad = {"brackets.json": [], "null.json": None, "config-text.json": {"run_id": "pt-x", "config": "model.arch=vit"},
+           "metrics-list.json": {"run_id": "linprobe-x", "kind": "linprobe", "metrics": [1, 2]},
+           "no-id.json": {"status": "done"}}
+    for name, obj in bad.items():
+        (runs / name).write_text(json.dumps(obj))
+    from core.ablation import select
+    from core.sweep import make_plan
+    planned = list(make_plan(select(["mask_ratio"]), "tiny", 1, [f"run.results_dir={tmp_path / 'results'}"]).units)
+    by_id = {f"{planned[0]}.json": None, f"{planned[1]}.json": {"run_id": planned[1], "config": "text"}}
+    for name, obj in by_id.items():  # status reads the records of the planned runs by name
+        (runs / name).write_text(json.dumps(obj))
+    where = [f"run.results_dir={tmp_path / 'results'}"]
+    commands = [["status", "mask_ratio", *where], ["tables", "mask_ratio", "--out", str(tmp_path / "t"), *where],
+                ["report", "mask_ratio", "--out", str(tmp_path / "r"), *where],
+                ["compare", "mask_ratio/0.5", "--baseline", "mask_ratio", *where]]
+    for cmd in commands:
+        results._reported.clear()  # one line per file and process: each command is a process of its own
+        code = run_all.main(cmd)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and code in (0, 2), (cmd, err)
+        for name in [*([] if cmd[0] == "status" else bad), *by_id]:
+            lines = [ln for ln in err.splitlines() if name in ln]
+            assert len(lines) == 1 and lines[0].startswith("skipping ") and "not a run record" in lines[0], (cmd, err)
+    assert results.record_problem({"run_id": "pt-1", "status": "done", "config": {}}) is None
+    assert results.read_record(str(tmp_path / "results"), planned[0]) is None
