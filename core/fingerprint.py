@@ -62,8 +62,8 @@ def dataset_fingerprint(path: str, backend: str = "torchvision", cache_dir: str 
                 return entry["fingerprint"]
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed
-    fp = _folder_fingerprint(root)
-    if cache:
+    fp, images = _folder_fingerprint(root)
+    if cache and images:  # an empty or wrong folder is reported by check_dataset_path; leave no trace
         try:
             os.makedirs(cache_dir, exist_ok=True)
             blob = json.dumps({"path": root, "signature": signature, "fingerprint": fp})
@@ -95,7 +95,7 @@ def _folder_signature(root: str) -> str:
     return h.hexdigest()
 
 
-def _folder_fingerprint(root: str) -> str:
+def _folder_fingerprint(root: str) -> tuple[str, int]:
     """The same files ImageFolderImages reads (class sub-folders, image extensions), by relative path
     and size, plus the bytes of SAMPLED files spread evenly over them: other images with the same
     names and sizes (re-encoded, another seed of a synthetic set) are another dataset too."""
@@ -115,7 +115,7 @@ def _folder_fingerprint(root: str) -> str:
     for full in paths[::max(1, len(paths) // SAMPLED)][:SAMPLED]:
         with open(full, "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16], len(paths)
 
 
 def _beton_fingerprint(path: str) -> str:

@@ -32,7 +32,8 @@ class Range(Check):
 
     def error(self, value):
         if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number in {self.describe()}, got {value}"
+            bound = f" {self._words()}" if (self.lo, self.hi) != (None, None) else ""
+            return f"must be a finite number{bound}, got {value}"
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
         if too_low or too_high:
