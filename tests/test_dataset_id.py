@@ -101,3 +101,17 @@ def test_a_beton_is_named_by_its_bytes_not_its_place(tmp_path):
         f.seek(-5, 2)
         f.write(b"other")
     assert dataset_fingerprint(str(tmp_path / "b"), "ffcv") != fp
+
+
+def test_the_scratch_baseline_id_follows_the_dataset_too(tmp_path):
+    """The scratch baseline has no pretraining parent: its own id holds the fingerprint."""
+    from core.eval import eval_run_id
+
+    make_images(tmp_path / "a")
+    make_images(tmp_path / "b", seed=3)
+    ids = {p: eval_run_id(resolve(folder_cfg(tmp_path / p, tmp_path)), "scratch") for p in ("a", "b")}
+    assert ids["a"] != ids["b"]
+    shutil.move(tmp_path / "a", tmp_path / "c")
+    assert eval_run_id(resolve(folder_cfg(tmp_path / "c", tmp_path)), "scratch") == ids["a"]
+    tiny = resolve(build_config("tiny"))  # file-free datasets: evaluation ids as they always were
+    assert (eval_run_id(tiny, "scratch"), eval_run_id(tiny, "knn")) == ("scratch-84c8725ebbd8", "knn-107a45c9f234")

@@ -58,6 +58,7 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
 
 def scratch(cfg: Config, progress: bool = True) -> dict:
     """The supervised baseline: the fine-tune code from random initialisation (eval.scratch recipe)."""
+    cfg = resolve_dataset(cfg)
     check_protocol(cfg, "scratch")
     eid = eval_run_id(cfg, "scratch")
     done = results.read_record(cfg.run.results_dir, eid)

@@ -84,6 +84,8 @@ def eval_run_id(cfg: Config, protocol: str, parent: str | None = None) -> str:
     data = {"dataset": d.dataset, "mean": d.mean, "std": d.std}
     if d.dataset == "synthetic":
         data["synthetic_size"] = d.synthetic_size
+    if d.fingerprint:  # a folder's content (core.fingerprint); the scratch baseline has no parent that holds it
+        data["fingerprint"] = d.fingerprint
     ident = {"protocol": protocol, "parent": parent, "section": dataclasses.asdict(sec), "seed": cfg.eval.seed,
              "model": {"arch": m.arch, "img_size": m.img_size}, "data": data}
     return f"{protocol}-{config_hash(ident)}"
