@@ -127,9 +127,9 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(fast_cfg, tmp
 def _write_records(results_dir, i, rounds):
     for r in range(rounds):
         results.write_record(results_dir, {"run_id": f"pt-writer{i}", "status": "running", "round": r,
-                                           "history": list(range(200))})
+                                           "history": {"loss": list(range(200))}})
         results.write_record(results_dir, {"run_id": "pt-shared", "status": "running", "writer": i, "round": r,
-                                           "history": list(range(200))})
+                                           "history": {"loss": list(range(200))}})
 
 
 def test_eight_processes_writing_records_at_once(tmp_path):
@@ -145,7 +145,7 @@ def test_eight_processes_writing_records_at_once(tmp_path):
     for name in names:
         with open(tmp_path / "runs" / name) as f:
             rec = json.load(f)  # every file is whole: one writer's complete record
-        assert rec["history"] == list(range(200)) and rec["round"] == 24 or name == "pt-shared.json"
+        assert rec["history"] == {"loss": list(range(200))} and rec["round"] == 24 or name == "pt-shared.json"
     assert len(list(results.iter_records(str(tmp_path)))) == 9
 
 
