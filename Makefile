@@ -24,7 +24,7 @@ REQUIRE_SYSTEM_DEPS := $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 # pytest exits 5 when nothing is collected (e.g. a filtered run): not a failure
 test: install
 	scripts/setup_test_deps.sh
-	MAE_REQUIRE_SLURM=$(REQUIRE_SYSTEM_DEPS) MAE_REQUIRE_FFCV=$(REQUIRE_SYSTEM_DEPS) \
+	MAE_REQUIRE_SLURM=$(REQUIRE_SYSTEM_DEPS) MAE_REQUIRE_FFCV=$(REQUIRE_SYSTEM_DEPS) MAE_REQUIRE_MOUNT=$(REQUIRE_SYSTEM_DEPS) \
 		$(PY) -m pytest -q $(PYTEST_ARGS) tests || [ $$? -eq 5 ]
 
 clean:

@@ -16,7 +16,15 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
 
+CONFIG_HINT = ("every key=value setting with its value, description, allowed range and paper table: "
+               "python run_all.py config --preset PRESET [key=value ...]")
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        kw.setdefault("epilog", CONFIG_HINT)  # every subcommand's --help points to `config`
+        super().__init__(*a, **kw)
+
     def error(self, message):  # one line, not argparse's usage block
         print(f"error: {message} (see: python run_all.py {' '.join(self.prog.split()[1:])} --help)"
               if " " in self.prog else f"error: {message}", file=sys.stderr)
@@ -38,7 +46,27 @@ def cmd_pretrain(args):
     print(f"run {rec['run_id']}: {rec['status']}, loss {m.get('first_loss', float('nan')):.4f} -> "
           f"{m.get('final_loss', float('nan')):.4f}, {rec.get('wall_time_s', 0):.1f} s")
     print(f"record: {os.path.join(cfg.run.results_dir, 'runs', rec['run_id'] + '.json')}")
-    print(f"checkpoint: {rec.get('last_checkpoint') or ckpt_dir(cfg)}")
+    print(f"checkpoint: {rec.get('last_checkpoint') or ckpt_dir(cfg, rec['run_id'])}")
+
+
+def cmd_config(args):
+    from core.config import build_config, flat_dict
+    from core.fingerprint import resolve
+    from core.settings import SETTINGS
+
+    cfg = resolve(build_config(args.preset, args.overrides))  # the run id with the dataset's fingerprint
+    flat = flat_dict(cfg)
+    width = max(len(f"{k} = {v!r}") for k, v in flat.items())
+    print(f"# preset {args.preset}{' + ' + ' '.join(args.overrides) if args.overrides else ''}; "
+          f"run id {cfg.run_id()}")
+    section = None
+    for key, value in flat.items():
+        if key.rsplit(".", 1)[0] != section:
+            section = key.rsplit(".", 1)[0]
+            print(f"\n[{section}]")
+        s = SETTINGS[key]
+        source = f" [{s.source}]" if s.source else ""
+        print(f"{key + ' = ' + repr(value):<{width}}  # {s.help}; {s.check.describe()}{source}")
 
 
 def cmd_tokenizer(args):
@@ -404,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("config", help="print the resolved configuration: each key's value, one-line description, "
+                       "allowed range and, for recipe keys, the paper table it comes from")
+    add_config_args(p)
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("tokenizer", help="train (or find) the dvae_token target's tokenizer (docs/targets.md)")
     add_config_args(p)

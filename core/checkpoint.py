@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import os
 import re
 import warnings
@@ -44,10 +45,36 @@ def save(ckpt_dir: str, step: int, state: dict, keep: int = 2) -> str:
     try:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}{_free(ckpt_dir)}") from None
+    except RuntimeError as e:  # torch.save reports a full disk as RuntimeError ("file write failed")
+        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}{_free(ckpt_dir)}") from None
     for old in list_checkpoints(ckpt_dir)[:-keep]:  # oldest first; keep the newest `keep`
-        os.remove(old)
+        try:
+            os.remove(old)
+        except FileNotFoundError:  # already pruned (the run lock keeps a second writer out; be safe anyway)
+            pass
     return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _free(d: str) -> str:
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return ""
+    return f" ({st.f_bavail * st.f_frsize / 2**20:.1f} MiB free on its filesystem)"
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def list_checkpoints(ckpt_dir: str) -> list[str]:
@@ -62,11 +89,11 @@ def load_file(path: str, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line warnings (pickle protocol, ...): our line only
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a loadable checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path} is not a loadable checkpoint ({_first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a checkpoint (expected a dict, got {type(obj).__name__})")
     return obj

@@ -173,6 +173,23 @@ def check_dataset_path(data_cfg) -> None:
     ImageFolderImages(os.path.join(data_cfg.path, "train"), data_cfg.on_corrupt)
 
 
+# An epoch that skips more than this fraction of its images as unreadable stops the run: past it the
+# dataset is broken (a wrong path, a failed copy), not a few damaged files (ImageNet has none PIL refuses).
+MAX_UNREADABLE = 0.1
+
+
+def check_unreadable(epoch: int, steps: int, images: int, skipped: int, data_cfg) -> None:
+    """After an epoch (totals over all ranks): one line instead of looping forever at step 0 when
+    every image is unreadable, or training on what is left of a mostly broken dataset."""
+    where = f"data.path={data_cfg.path}" if data_cfg.path else f"data.dataset={data_cfg.dataset}"
+    if steps == 0:
+        raise DataError(f"epoch {epoch} advanced no optimizer step: {skipped} images were unreadable and "
+                        f"{images} were read ({where}); data.on_corrupt=error names the first bad file")
+    if skipped > MAX_UNREADABLE * (images + skipped):
+        raise DataError(f"epoch {epoch} skipped {skipped} of {images + skipped} images as unreadable, more than "
+                        f"{MAX_UNREADABLE:.0%} ({where}); data.on_corrupt=error names the first bad file")
+
+
 # --------------------------------------------------------------------------- seeded loading
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -17,7 +17,7 @@ one line telling how to install it. Pitfalls of ffcv 1.0.2 handled here: importi
 a Loader reset torch's thread count (restored); NormalizeImage after ToTensor makes the Loader
 constructor spin forever on the CPU (our decoder normalises, no NormalizeImage); QuasiRandom's
 order depends on the epochs drawn before (reset); a writer worker that dies leaves the writer
-polling forever (workers never raise here, and a watchdog turns a killed worker into an error).
+polling forever (workers never raise here, and the writer's two waits check the workers' exit codes).
 """
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ import io
 import json
 import math
 import multiprocessing
+import multiprocessing.queues
 import os
+import queue
+import signal
 import threading
 import time
 
@@ -255,6 +258,16 @@ def _page_size(max_res: int) -> int:
     return max(8 << 20, 1 << math.ceil(math.log2(need)))
 
 
+# A writer worker that dies (e.g. killed for memory) leaves ffcv's writer waiting forever: its main
+# thread polls a done-counter with sleep(0.1), then blocks on each worker's allocations queue. Both
+# waits are replaced below by ones that check the workers' exit codes on that same thread. (An earlier
+# watchdog thread called _thread.interrupt_main(), which does nothing where SIGINT is ignored, as in
+# every job a non-interactive shell starts with '&' or nohup: there the conversion hung.)
+
+class _WorkerDied(Exception):
+    pass
+
+
 class _TrackedProcess(multiprocessing.Process):
     """ffcv.writer's Process, remembered as it starts, so that a worker that died is noticed."""
     started: list = []
@@ -264,17 +277,37 @@ class _TrackedProcess(multiprocessing.Process):
         _TrackedProcess.started.append(self)
 
 
-def _watch_workers(stop: threading.Event, died: list):
-    """Interrupt the main thread if a writer worker dies (e.g. killed for memory): ffcv would poll forever."""
-    import _thread
+def _check_workers():
+    for p in _TrackedProcess.started:
+        code = p.exitcode  # waitpid(WNOHANG): needs SIGCHLD not ignored (write_beton sees to it)
+        if code not in (None, 0):
+            raise _WorkerDied(code)
 
-    while not stop.wait(0.2):
-        for p in list(_TrackedProcess.started):
-            code = p.exitcode
-            if code not in (None, 0) and not stop.is_set():
-                died.append(code)
-                _thread.interrupt_main()
-                return
+
+def _watching_sleep(seconds: float):
+    """ffcv's progress loop (`while done != num_samples: sleep(0.1)`) with a look at the workers."""
+    time.sleep(seconds)
+    _check_workers()
+
+
+class _WatchedQueue(multiprocessing.queues.Queue):
+    """ffcv's Queue: in the process that made it, a blocking get() polls and checks the workers, so
+    a worker that died before handing over its allocations is an error, not a wait forever."""
+    made: list = []
+
+    def __init__(self, maxsize: int = 0):
+        super().__init__(maxsize, ctx=multiprocessing.get_context())
+        self._owner = os.getpid()
+        _WatchedQueue.made.append(self)
+
+    def get(self, block=True, timeout=None):
+        if not block or timeout is not None or getattr(self, "_owner", None) != os.getpid():
+            return super().get(block, timeout)
+        while True:
+            try:
+                return super().get(timeout=0.2)
+            except queue.Empty:
+                _check_workers()
 
 
 def write_beton(src: str, out: str, *, max_res: int = 256, jpeg_quality: int = 90, compress_prob: float = 0.5,
@@ -297,26 +330,30 @@ def write_beton(src: str, out: str, *, max_res: int = 256, jpeg_quality: int = 9
                                      compress_probability=compress_prob),
               "label": IntField()}
     t0 = time.perf_counter()
-    stop, died = threading.Event(), []
-    watchdog = threading.Thread(target=_watch_workers, args=(stop, died), daemon=True)
-    _TrackedProcess.started = []
+    _TrackedProcess.started, _WatchedQueue.made = [], []
     try:
         writer = ffcv.writer.DatasetWriter(tmp, fields, page_size=_page_size(max_res), num_workers=workers)
-        watchdog.start()
-        untracked, ffcv.writer.Process = ffcv.writer.Process, _TrackedProcess
+        saved = ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.sleep
+        ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.sleep = _TrackedProcess, _WatchedQueue, _watching_sleep
+        reap = threading.current_thread() is threading.main_thread()  # a SIGCHLD ignored by our parent would
+        old_chld = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if reap else None  # hide the exit codes
         try:
             writer.from_indexed_dataset(_FolderForWriter(folder, max_res, bad_dir), chunksize=64)
-        except KeyboardInterrupt:
-            if not died:
-                raise
+        except _WorkerDied as e:
             for p in _TrackedProcess.started:
                 p.terminate()
-            raise DataError(f"a writer worker died (exit code {died[0]}) while converting {src}; "
+            for q in _WatchedQueue.made:  # work nobody will read: exit without flushing it into a pipe
+                q.cancel_join_thread()
+            shm = getattr(writer, "metadata_sm", None)
+            if shm is not None and not isinstance(shm, int):
+                shm.close()
+                shm.unlink()
+            raise DataError(f"a writer worker died (exit code {e.args[0]}) while converting {src}; "
                             f"try fewer --workers or a smaller --max-res") from None
         finally:
-            stop.set()
-            ffcv.writer.Process = untracked
-            watchdog.join()
+            ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.sleep = saved
+            if reap and old_chld is not None:
+                signal.signal(signal.SIGCHLD, old_chld)
         bad = sorted(int(f) for f in os.listdir(bad_dir))
         if bad and on_corrupt == "error":
             with open(os.path.join(bad_dir, str(bad[0]))) as f:
@@ -336,7 +373,6 @@ def write_beton(src: str, out: str, *, max_res: int = 256, jpeg_quality: int = 9
         os.replace(sidecar_path(tmp), sidecar_path(out))
         return info
     finally:
-        stop.set()
         for p in (tmp, sidecar_path(tmp)):
             if os.path.exists(p):
                 os.remove(p)

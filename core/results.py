@@ -13,10 +13,12 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 
+from core import checkpoint
 from core.checkpoint import atomic_write
-from core.errors import Preempted, TrainingFailed, UserError
+from core.errors import CheckpointError, Preempted, TrainingFailed, UserError
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]{0,199}$")
 
@@ -61,27 +63,69 @@ def _json_default(obj):
 
 
 def read_record(results_dir: str, run_id: str) -> dict | None:
+    """The record of run_id; None if there is none, or if the file is valid JSON but not a record
+    (said in one line: it is then treated as absent and replaced when the run is written)."""
     path = record_path(results_dir, run_id)
     try:
         with open(path) as f:
-            return json.load(f)
+            rec = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"run record {path} is unreadable: {e}") from None
+    return rec if _usable(path, rec) else None
+
+
+# The fields readers use, with their types: a file with other types is not a record (it would crash
+# tables, report, compare and status).
+FIELD_TYPES = {"run_id": (str,), "kind": (str,), "status": (str,), "parent": (str, type(None)), "reason": (str, type(None)),
+               "config": (dict,), "metrics": (dict, type(None)), "history": (dict, type(None))}
+
+
+def record_problem(rec) -> str | None:
+    """Why `rec` (parsed JSON) is not a run record, or None if it is one."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__ if rec is not None else 'null'}, not an object"
+    if "run_id" not in rec:
+        return "no run_id"
+    for key, types in FIELD_TYPES.items():
+        if key in rec and not isinstance(rec[key], types):
+            return f"its {key} is a {type(rec[key]).__name__}"
+    return None
+
+
+_reported: set = set()
+
+
+def _usable(path: str, rec) -> bool:
+    """True for a record; otherwise one line naming the file (once per file and process)."""
+    why = record_problem(rec)
+    if why is None:
+        return True
+    if path not in _reported:
+        _reported.add(path)
+        print(f"skipping {path}: not a run record ({why})", file=sys.stderr)
+    return False
 
 
 def iter_records(results_dir: str):
+    """Every run record under results_dir; damaged or foreign files are skipped with one line each."""
     d = runs_dir(results_dir)
     if not os.path.isdir(d):
         return
     for name in sorted(os.listdir(d)):
         if name.endswith(".json") and not name.startswith("."):
+            path = os.path.join(d, name)
             try:
-                with open(os.path.join(d, name)) as f:
-                    yield json.load(f)
-            except (OSError, json.JSONDecodeError):
-                continue  # a foreign or damaged file never hides the others
+                with open(path) as f:
+                    rec = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:  # a damaged file never hides the others
+                if path not in _reported:
+                    _reported.add(path)
+                    print(f"skipping {path}: unreadable ({e})", file=sys.stderr)
+                continue
+            if _usable(path, rec):
+                yield rec
 
 
 def load_records(results_dir: str):
@@ -156,6 +200,22 @@ JOB_ENV = {"job_id": "MAE_JOB_ID", "job_stdout": "MAE_JOB_STDOUT", "job_stderr":
 
 def job_fields() -> dict:
     return {k: os.environ[v] for k, v in JOB_ENV.items() if os.environ.get(v)}
+
+
+def final_checkpoint(rec: dict) -> tuple[dict, str]:
+    """(state, path) of exactly the checkpoint a finished pretraining record names, verified against
+    the record's checksum. Never an older one: evaluating other weights than the run's would be a
+    silently wrong result, so a missing or damaged file is a one-line error."""
+    rid, path, sha = rec.get("run_id"), rec.get("last_checkpoint"), rec.get("last_checkpoint_sha256")
+    if not path:
+        raise CheckpointError(f"the record of run {rid} names no final checkpoint")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"the final checkpoint of run {rid}, {path}, is missing; an older one is not used")
+    if sha and checkpoint.sha256(path) != sha:
+        raise CheckpointError(f"the final checkpoint of run {rid}, {path}, does not match the checksum in its record "
+                              f"(damaged or replaced); an older one is not used: pretrain it again after removing "
+                              f"its record")
+    return checkpoint.load_file(path), path
 
 
 def git_commit() -> str | None:

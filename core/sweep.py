@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from core import results
 from core.ablation import PAPER_PRESET, Ablation
 from core.config import Config, build_config, flat_dict
+from core.fingerprint import resolve as resolve_dataset
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 
 
@@ -79,7 +80,7 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                 cell = Cell(abl.name, label, paper_label, seed, label == baseline)
                 plan.cells.append(cell)
                 try:
-                    cfg = build_config(preset, overrides, {**variant, **seed_overrides(seed)})
+                    cfg = resolve_dataset(build_config(preset, overrides, {**variant, **seed_overrides(seed)}))
                 except ConfigError as e:
                     cell.unavailable = str(e)
                     continue

@@ -18,13 +18,15 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from core import checkpoint, results
+from core import checkpoint, results, runlock
 from core.config import Config
-from core.data import EpochLoader, Transformed, build_dataset, check_dataset_path, pretrain_transform
+from core.data import (EpochLoader, Transformed, build_dataset, check_dataset_path, check_unreadable,
+                       pretrain_transform)
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
 from core.errors import CheckpointError, DataError, Preempted, TrainingFailed
+from core.fingerprint import resolve as resolve_dataset
 from core.masking import make_mask
 from core.model import MAE
 from core.progress import Progress, show_bar, tensorboard_dir
@@ -105,6 +107,7 @@ def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
 
 def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     """Train (or resume, or skip) the run `cfg` describes; returns its final record."""
+    cfg = resolve_dataset(cfg)  # the dataset's content, not its path, is part of the run id
     run_id = cfg.run_id()
     done = results.read_record(cfg.run.results_dir, run_id)
     if done and done.get("status") == "done":
@@ -112,13 +115,19 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
     if cfg.model.target == "dvae_token":
         check_dvae_path(cfg.model.dvae_path)
-    with results.ending_recorded(cfg.run.results_dir, run_id, kind="pretrain", preset=cfg.run.preset,
-                                 config=cfg.to_dict()):
+    fields = dict(kind="pretrain", preset=cfg.run.preset, config=cfg.to_dict())
+    with results.ending_recorded(cfg.run.results_dir, run_id, **fields):
         device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
         if device.type == "cpu":
             keep_freed_memory()  # no page faults on the activations every step
         dist = init_distributed(device)
-        with StopFlag() as stop:
+    # one process at a time per run (rank 0 holds it for its DDP group): a second runner waits, then
+    # finds the record done and trains nothing; its own end never touches the holder's record
+    with runlock.hold(ckpt_dir(cfg, run_id), run_id, enabled=dist.is_main):
+        done = results.read_record(cfg.run.results_dir, run_id)
+        if any_rank(bool(done and done.get("status") == "done"), device):
+            return results.read_record(cfg.run.results_dir, run_id)
+        with results.ending_recorded(cfg.run.results_dir, run_id, **fields), StopFlag() as stop:
             return _Run(cfg, run_id, device, dist, stop, progress).train()
 
 
@@ -237,6 +246,7 @@ class _Run:
         try:
             while self.global_step < total_steps:
                 epoch, step_in_epoch = divmod(self.global_step, self.steps_per_epoch)
+                step_before = self.global_step
                 n, k = self._train_epoch(epoch, step_in_epoch, bar)
                 self.images_seen, self.skipped = self.images_seen + n, self.skipped + k
                 if self._stopping():
@@ -244,18 +254,22 @@ class _Run:
                     self.write_record("preempted", reason=f"signal {self.stop.signum}", last_checkpoint=path)
                     raise Preempted(f"stopped by signal {self.stop.signum} at step {self.global_step}; "
                                     f"checkpoint {path}")
+                check_unreadable(epoch, self.global_step - step_before, n,
+                                 int(all_sum(torch.tensor(float(k), dtype=torch.float64)).item()), cfg.data)
                 self._end_epoch(epoch)
         finally:  # a failure's status and reason: pretrain()'s ending_recorded
             bar.close()
             self.meter.close()
         elapsed = self.train_time()
         barrier()
+        final = os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step))
         metrics = {"final_loss": self.history[-1] if self.history else None,
                    "first_loss": self.history[0] if self.history else None}
         rec = self.write_record("done", finished_at=results.now(), metrics=metrics,
                                 wall_time_s=elapsed, images_per_s=self.images_seen / elapsed if elapsed > 0 else None,
                                 flops_per_image=flops, images_skipped=self.skipped,
-                                last_checkpoint=os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step)))
+                                last_checkpoint=final,  # evaluations load exactly this file, checked by its hash
+                                last_checkpoint_sha256=checkpoint.sha256(final) if self.dist.is_main else None)
         barrier()  # no rank goes on (to an evaluation that reads this record) before rank 0 has written it
         return rec
 
@@ -283,8 +297,10 @@ class _Run:
 
     def _check_finite(self, value: float, epoch: int):
         if not math.isfinite(value):
-            raise TrainingFailed(f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; "
-                                 f"the last good checkpoint is kept in {self.ckpt_dir}")
+            saved = checkpoint.list_checkpoints(self.ckpt_dir)
+            where = (f"the last good checkpoint is kept: {saved[-1]}" if saved else
+                     "no checkpoint was written yet (the run restarts from scratch)")
+            raise TrainingFailed(f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; {where}")
 
     def _train_epoch(self, epoch: int, start_step: int, bar) -> tuple[int, int]:
         """Optimizer steps from `start_step` to the end of the epoch (or to a stop signal)."""
@@ -341,7 +357,5 @@ def load_pretrained_encoder(cfg: Config, run_id: str | None = None):
         raise UserError(f"no run record for {run_id} in {results.runs_dir(cfg.run.results_dir)}")
     if rec.get("status") != "done":
         raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
-    found = checkpoint.latest(rec.get("checkpoint_dir") or ckpt_dir(cfg, run_id))
-    if found is None:
-        raise UserError(f"no checkpoint of run {run_id} in {rec.get('checkpoint_dir')}")
-    return rec, checkpoint.model_state(found[0], found[1])
+    state, path = results.final_checkpoint(rec)
+    return rec, checkpoint.model_state(state, path)

@@ -26,18 +26,15 @@ MASK_GREY = 0.5  # masked patches drawn mid-grey
 
 
 def load_pretrained(results_dir: str, run_id: str):
-    """(config, model in eval mode, target, record) of a pretraining run's newest checkpoint."""
+    """(config, model in eval mode, target, record) of a finished pretraining run's final checkpoint."""
     rec = results.read_record(results_dir, run_id)
     if rec is None:
         raise UserError(f"no run record for {run_id} in {results.runs_dir(results_dir)}")
     if rec.get("kind") != "pretrain":
         raise UserError(f"{run_id} is a {rec.get('kind')} run; reconstructions need a pretraining run")
-    if not rec.get("checkpoint_dir"):
-        raise UserError(f"the record of {run_id} names no checkpoint_dir")
-    found = checkpoint.latest(rec["checkpoint_dir"])
-    if found is None:
-        raise UserError(f"no checkpoint of run {run_id} in {rec['checkpoint_dir']}")
-    state, path = found
+    if rec.get("status") != "done":
+        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
+    state, path = results.final_checkpoint(rec)  # exactly the run's final weights, checked by their hash
     cfg = config_from_dict(state.get("config") or rec["config"])
     target = build_target(cfg.model, cfg.data)
     model = MAE(cfg.model, target.dim)

@@ -44,6 +44,13 @@ def world(tmp_path, monkeypatch):
         pickle.dump({"model": Evil()}, f)
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "empty" / "train").mkdir(parents=True)
+    # finished pretraining runs whose final checkpoint was replaced / removed (an older one exists)
+    from core.config import build_config
+    final = str(work / "ckpt-000000000008.pt")
+    for rid, path in (("pt-00000000000f", final), ("pt-00000000000e", final.replace("08.pt", "09.pt"))):
+        (runs / f"{rid}.json").write_text(json.dumps(
+            {"run_id": rid, "kind": "pretrain", "status": "done", "config": build_config("tiny").to_dict(),
+             "last_checkpoint": path, "last_checkpoint_sha256": "0" * 64}))
     return tmp_path
 
 
@@ -73,6 +80,21 @@ CASES = [
     (["pretrain", "pretrain.epochs=__import__('os').system('touch PWNED')"], "pretrain.epochs must be int"),
     (["pretrain", "pretrain.epochs"], "is not of the form key=value"),
     (["run", "mask_ratio", "model.mask_ratio=2"], "model.mask_ratio must be in (0, 1)"),
+    # every key against its declaration (core/settings.py): ranges, finiteness, forms
+    (["pretrain", "pretrain.weight_decay=-0.05"], "pretrain.weight_decay must be >= 0, got -0.05"),
+    (["pretrain", "pretrain.clip_grad=-1"], "pretrain.clip_grad must be > 0, got -1.0"),
+    (["pretrain", "pretrain.lr=1e999"], "pretrain.lr must be a finite number > 0, got inf"),
+    (["pretrain", "pretrain.min_lr=-1e-6"], "pretrain.min_lr must be >= 0"),
+    (["eval", "finetune", "eval.finetune.drop_path=1"], "eval.finetune.drop_path must be in [0, 1), got 1.0"),
+    (["eval", "scratch", "eval.scratch.smoothing=-0.1"], "eval.scratch.smoothing must be in [0, 1), got -0.1"),
+    (["eval", "finetune", "eval.finetune.randaug=rand-m9-nonsense"], "is not a RandAugment spec like"),
+    (["eval", "scratch", "eval.scratch.randaug=randaug9"], "is not a RandAugment spec like"),
+    (["pretrain", "pretrain.batch_size=2048"], "pretrain.batch_size=2048 is larger than the 1438 training images"),
+    (["eval", "finetune", "data.dataset=synthetic", "data.synthetic_size=16", "pretrain.batch_size=8"], "eval.finetune.batch_size=32 is larger "
+     "than the 16 training images"),
+    (["run", "mask_ratio", "eval.knn.temperature=0"], "eval.knn.temperature must be > 0"),
+    (["config", "eval.scratch.ema=1"], "eval.scratch.ema must be in [0, 1), got 1.0"),
+    (["pretrain", "data.fingerprint=../../x"], "is not 16 hex digits or empty"),
     # dataset paths
     (["pretrain", "--preset", "tiny", "data.dataset=imagefolder"], "data.path is required"),
     (["pretrain", "--preset", "tiny", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet"], "does not exist"),
@@ -100,6 +122,9 @@ CASES = [
     (["compare", "mask_ratio/0.33"], "ablation mask_ratio has no variant '0.33' at preset tiny"),
     (["eval", "svm"], "invalid choice: 'svm'"),
     (["eval", "partial", "--init", "{tmp}/vit_small.pth"], "needs eval.finetune.blocks"),
+    # a finished run's final checkpoint is what its record says, or evaluation stops (no older one)
+    (["eval", "knn", "--run", "pt-00000000000f"], "does not match the checksum in its record"),
+    (["eval", "linprobe", "--run", "pt-00000000000e"], "ckpt-000000000009.pt, is missing; an older one is not used"),
 ]
 
 
@@ -125,6 +150,13 @@ def test_exit_status_of_the_script(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == "error: model.mask_ratio must be in (0, 1), got 1.5"
     assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
+
+
+def test_a_refused_pickle_is_our_one_line_without_torchs_warnings(world):
+    out = run_cli("eval", "linprobe", "--init", str(world / "evil.pth"), cwd=world)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert out.stderr.startswith("error: ") and "is not a loadable checkpoint" in out.stderr
+    assert not (world / "PWNED").exists()
 
 
 def test_pretrain_prints_where_things_went(tmp_path):

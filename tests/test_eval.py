@@ -187,12 +187,21 @@ def test_init_checkpoint_knn_and_record(fast_cfg, tmp_path):
     assert results.read_record(cfg.run.results_dir, rec["run_id"]) == rec
 
 
-def test_failure_is_recorded(fast_cfg):
-    cfg = fast_cfg("model.img_size=16", "data.synthetic_size=16", "eval.scratch.batch_size=32")
-    with pytest.raises(DataError, match="fewer than one batch"):
+def test_failure_is_recorded(fast_cfg, monkeypatch):
+    import core.eval.finetune as ft
+    from core.errors import TrainingFailed
+
+    with pytest.raises(ConfigError, match="larger than the 16 training images"):  # a config error: nothing written
+        fast_cfg("model.img_size=16", "data.synthetic_size=16", "eval.scratch.batch_size=32")
+    cfg = fast_cfg("model.img_size=16", "data.synthetic_size=64")
+
+    def diverge(*a, **k):
+        raise TrainingFailed("non-finite loss (nan) in epoch 0")
+    monkeypatch.setattr(ft, "run", diverge)
+    with pytest.raises(TrainingFailed):
         scratch(cfg, progress=False)
     rec = results.read_record(cfg.run.results_dir, eval_run_id(cfg, "scratch"))
-    assert rec["status"] == "failed" and "fewer than one batch of 32" in rec["reason"]
+    assert rec["status"] == "failed" and "non-finite loss" in rec["reason"]
 
 
 # --------------------------------------------------------------------------- fine-tuning and scratch

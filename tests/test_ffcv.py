@@ -269,13 +269,28 @@ def test_unreadable_images_are_skipped_or_named(ffcv, tmp_path):
 
 
 @pytest.mark.timeout(120)  # ffcv's writer alone would wait forever for a dead worker
-def test_a_writer_worker_that_dies_is_an_error_not_a_hang(ffcv, tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["reading", "handing_over"])
+def test_a_writer_worker_that_dies_is_an_error_not_a_hang(ffcv, tmp_path, monkeypatch, when):
+    """As if OOM-killed, while reading an image or after its images, before handing ffcv its allocations.
+    SIGINT is ignored as in any job a script starts with '&' (make test & on a busy machine): the old
+    watchdog interrupted the main thread with SIGINT and so never fired there."""
+    import signal
+
     import core.ffcv_data as F
 
     make_folder(tmp_path / "src", 4, [(20, 24)], classes=2)
-    monkeypatch.setattr(F._FolderForWriter, "__getitem__", lambda self, i: os._exit(3))  # as if OOM-killed
-    with pytest.raises(DataError, match="writer worker died"):
-        F.write_beton(str(tmp_path / "src"), str(tmp_path / "x.beton"), workers=2)
+    if when == "reading":
+        monkeypatch.setattr(F._FolderForWriter, "__getitem__", lambda self, i: os._exit(3))
+    else:
+        real_put = F._WatchedQueue.put
+        monkeypatch.setattr(F._WatchedQueue, "put", lambda self, obj, *a, **k: os._exit(3)
+                            if os.getpid() != self._owner else real_put(self, obj, *a, **k))
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(DataError, match=r"writer worker died \(exit code 3\)"):
+            F.write_beton(str(tmp_path / "src"), str(tmp_path / "x.beton"), workers=2)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert sorted(os.listdir(tmp_path)) == ["src"]
 
 

@@ -127,9 +127,9 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(fast_cfg, tmp
 def _write_records(results_dir, i, rounds):
     for r in range(rounds):
         results.write_record(results_dir, {"run_id": f"pt-writer{i}", "status": "running", "round": r,
-                                           "history": list(range(200))})
+                                           "history": {"loss": list(range(200))}})
         results.write_record(results_dir, {"run_id": "pt-shared", "status": "running", "writer": i, "round": r,
-                                           "history": list(range(200))})
+                                           "history": {"loss": list(range(200))}})
 
 
 def test_eight_processes_writing_records_at_once(tmp_path):
@@ -145,7 +145,7 @@ def test_eight_processes_writing_records_at_once(tmp_path):
     for name in names:
         with open(tmp_path / "runs" / name) as f:
             rec = json.load(f)  # every file is whole: one writer's complete record
-        assert rec["history"] == list(range(200)) and rec["round"] == 24 or name == "pt-shared.json"
+        assert rec["history"] == {"loss": list(range(200))} and rec["round"] == 24 or name == "pt-shared.json"
     assert len(list(results.iter_records(str(tmp_path)))) == 9
 
 
@@ -212,7 +212,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(fast_cfg, m
     assert run_all.main(base + ["pretrain.epochs=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write checkpoint" in err[0] and "No space left on device" in err[0]
-    assert [os.path.basename(p) for p in os.listdir(ckpt_dir(cfg))] == ["ckpt-000000008.pt"]  # no partial file
+    assert sorted(os.listdir(ckpt_dir(cfg))) == ["ckpt-000000008.pt", "run.lock"]  # no partial file
     assert checkpoint.load_file(os.path.join(ckpt_dir(cfg), "ckpt-000000008.pt"))["global_step"] == 8
     rec = results.read_record(cfg.run.results_dir, cfg.run_id())
     assert rec["status"] == "failed" and "No space left" in rec["reason"]
@@ -300,3 +300,197 @@ def test_dataset_errors_are_data_errors(tmp_path):
     for path, needle in ((tmp_path / "nope", "does not exist"), (tmp_path, "holds no images")):
         with pytest.raises(DataError, match=needle):
             ImageFolderImages(str(path))
+
+
+# --------------------------------------------------------------------------- issue 18: records say what is true
+
+REQUIRE_MOUNT = os.environ.get("MAE_REQUIRE_MOUNT") == "1"  # CI (root): the tmpfs test must run
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs of a given size (root only): a disk that really fills up, as torch.save meets it."""
+    mounted = []
+
+    def mount(size_bytes):
+        d = tmp_path / f"tmpfs{len(mounted)}"
+        d.mkdir()
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(d)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            reason = f"cannot mount a tmpfs here ({(out.stderr or 'not root').strip()[:120]})"
+            if REQUIRE_MOUNT:
+                pytest.fail(f"MAE_REQUIRE_MOUNT=1 but {reason}")
+            pytest.skip(reason + "; set MAE_REQUIRE_MOUNT=1 to make this a failure")
+        mounted.append(d)
+        return d
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_really_full_disk_while_checkpointing_is_one_line_and_a_failed_record(fast_cfg, small_tmpfs, capsys,
+                                                                                 tmp_path):
+    """torch.save reports ENOSPC as a RuntimeError (not OSError): it used to end in a 38-line traceback
+    and a record left `running`."""
+    import run_all
+    probe = fast_cfg("pretrain.epochs=1")
+    pretrain(probe, progress=False)
+    size = os.path.getsize(checkpoint.list_checkpoints(ckpt_dir(probe))[0])
+    work = small_tmpfs(int(size * 1.5))  # the first checkpoint fits, the second does not
+    results_dir = tmp_path / "results_elsewhere"
+    base = ["pretrain", "--quiet", *FAST, "pretrain.epochs=3", f"run.results_dir={results_dir}", f"run.work_dir={work}"]
+    assert run_all.main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write checkpoint") and "MiB free" in err[0], err
+    cfg = fast_cfg("pretrain.epochs=3", f"run.results_dir={results_dir}", f"run.work_dir={work}")
+    rec = results.read_record(str(results_dir), cfg.run_id())
+    assert rec["status"] == "failed" and "cannot write checkpoint" in rec["reason"]
+    assert sorted(os.listdir(ckpt_dir(cfg))) == ["ckpt-000000008.pt", "run.lock"]  # no partial file
+    assert checkpoint.load_file(os.path.join(ckpt_dir(cfg), "ckpt-000000008.pt"))["global_step"] == 8
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(fast_cfg, monkeypatch):
+    from core.errors import TrainingFailed
+    import core.targets
+
+    cfg = fast_cfg("pretrain.epochs=3", "pretrain.checkpoint_every=2")
+    real = core.targets.PixelTarget.__call__
+    monkeypatch.setattr(core.targets.PixelTarget, "__call__", lambda self, imgs: real(self, imgs) * float("nan"))
+    with pytest.raises(TrainingFailed) as e:
+        pretrain(cfg, progress=False)
+    assert "no checkpoint was written yet" in str(e.value) and checkpoint.list_checkpoints(ckpt_dir(cfg)) == []
+    monkeypatch.undo()
+    cfg2 = fast_cfg("pretrain.epochs=3", "pretrain.checkpoint_every=1", "pretrain.seed=1")
+    calls = []
+
+    def late_nan(self, imgs):
+        calls.append(1)
+        return real(self, imgs) * (float("nan") if len(calls) > 10 else 1.0)
+    monkeypatch.setattr(core.targets.PixelTarget, "__call__", late_nan)
+    with pytest.raises(TrainingFailed) as e:
+        pretrain(cfg2, progress=False)
+    newest = checkpoint.list_checkpoints(ckpt_dir(cfg2))[-1]
+    assert f"the last good checkpoint is kept: {newest}" in str(e.value) and os.path.isfile(newest)
+
+
+def test_a_damaged_final_checkpoint_stops_evaluation_instead_of_using_an_older_one(fast_cfg, capsys):
+    import run_all
+    cfg = fast_cfg()
+    rec = pretrain(cfg, progress=False)
+    final = rec["last_checkpoint"]
+    assert rec["last_checkpoint_sha256"] == checkpoint.sha256(final)
+    assert len(checkpoint.list_checkpoints(ckpt_dir(cfg))) == 2  # an older one exists: it must not be used
+    dirs = [f"run.results_dir={cfg.run.results_dir}", f"run.work_dir={cfg.run.work_dir}"]
+    for damage in ("flip", "truncate", "delete"):
+        if damage == "flip":  # still loads, other weights: only the checksum sees it
+            state = checkpoint.load_file(final)
+            key = next(iter(state["model"]))
+            state["model"][key] = state["model"][key] + 1
+            torch.save(state, final)
+        elif damage == "truncate":
+            with open(final, "r+b") as f:
+                f.truncate(os.path.getsize(final) // 2)
+        else:
+            os.remove(final)
+        assert run_all.main(["eval", "knn", "--quiet", *FAST, *dirs]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and os.path.basename(final) in err[0] and "an older one is not used" in err[0], err
+    assert not [r for r in results.iter_records(cfg.run.results_dir) if r["kind"] == "knn"]  # no record written
+
+
+def test_torch_warnings_never_reach_the_user_when_a_pickle_is_refused(tmp_path):
+    import pickle
+    import warnings
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": os.system}, f, protocol=4)  # protocol 4: torch warns in several lines
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+            checkpoint.load_file(str(path))
+    assert [str(w.message) for w in seen] == []
+
+
+def test_an_all_unreadable_dataset_stops_within_one_epoch(tmp_path, capsys):
+    """It used to spin forever at step 0 (loss 0.0 appended each pass, the checkpoint rewritten)."""
+    import run_all
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(12):
+                (tmp_path / "data" / split / cls / f"{i}.png").write_bytes(b"not an image")
+    args = ["pretrain", "--quiet", "data.dataset=imagefolder", f"data.path={tmp_path / 'data'}", "pretrain.epochs=3",
+            "pretrain.warmup_epochs=0", "pretrain.batch_size=8", f"run.results_dir={tmp_path}/results",
+            f"run.work_dir={tmp_path}/work"]
+    t0 = time.monotonic()
+    assert run_all.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epoch 0 advanced no optimizer step: 24 images were unreadable" in err[0], err
+    assert time.monotonic() - t0 < 120
+    # a dataset with a quarter of its images unreadable: more than the stated 10%, one line too
+    for i in range(12):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / "train" / cls / f"{i}.png").unlink()
+            if i < 9:
+                from PIL import Image
+                Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(tmp_path / "data" / "train" / cls / f"{i}.png")
+            else:
+                (tmp_path / "data" / "train" / cls / f"{i}.png").write_bytes(b"broken")
+    assert run_all.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 6 of 24 images as unreadable, more than 10%" in err[0], err
+
+
+@pytest.mark.parametrize("broken", ["all_unreadable", "on_corrupt_error"])
+def test_a_data_error_mid_run_leaves_a_failed_record_with_its_reason(tmp_path, broken):
+    from core.config import build_config
+
+    data = make_image_folder(tmp_path / "data") if broken == "on_corrupt_error" else tmp_path / "data"
+    if broken == "all_unreadable":
+        for cls in ("a", "b"):
+            (data / "train" / cls).mkdir(parents=True)
+            for i in range(12):
+                (data / "train" / cls / f"{i}.png").write_bytes(b"not an image")
+    cfg = build_config("tiny", ["data.dataset=imagefolder", f"data.path={data}", "pretrain.batch_size=8",
+                                "pretrain.epochs=1", "pretrain.warmup_epochs=0", f"run.results_dir={tmp_path}/r",
+                                f"run.work_dir={tmp_path}/w"] + (["data.on_corrupt=error"] if broken != "all_unreadable" else []))
+    with pytest.raises(DataError):
+        pretrain(cfg, progress=False)
+    from core.fingerprint import resolve
+    rec = results.read_record(cfg.run.results_dir, resolve(cfg).run_id())
+    assert rec["status"] == "failed" and ("unreadable" in rec["reason"] or "cannot read image" in rec["reason"])
+
+
+def test_valid_json_that_is_not_a_record_is_skipped_by_every_reader_with_one_line(tmp_path, capsys):
+    import json
+
+    import run_all
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    bad = {"brackets.json": [], "null.json": None, "config-text.json": {"run_id": "pt-x", "config": "model.arch=vit"},
+           "metrics-list.json": {"run_id": "linprobe-x", "kind": "linprobe", "metrics": [1, 2]},
+           "no-id.json": {"status": "done"}}
+    for name, obj in bad.items():
+        (runs / name).write_text(json.dumps(obj))
+    from core.ablation import select
+    from core.sweep import make_plan
+    planned = list(make_plan(select(["mask_ratio"]), "tiny", 1, [f"run.results_dir={tmp_path / 'results'}"]).units)
+    by_id = {f"{planned[0]}.json": None, f"{planned[1]}.json": {"run_id": planned[1], "config": "text"}}
+    for name, obj in by_id.items():  # status reads the records of the planned runs by name
+        (runs / name).write_text(json.dumps(obj))
+    where = [f"run.results_dir={tmp_path / 'results'}"]
+    commands = [["status", "mask_ratio", *where], ["tables", "mask_ratio", "--out", str(tmp_path / "t"), *where],
+                ["report", "mask_ratio", "--out", str(tmp_path / "r"), *where],
+                ["compare", "mask_ratio/0.5", "--baseline", "mask_ratio", *where]]
+    for cmd in commands:
+        results._reported.clear()  # one line per file and process: each command is a process of its own
+        code = run_all.main(cmd)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and code in (0, 2), (cmd, err)
+        for name in [*([] if cmd[0] == "status" else bad), *by_id]:
+            lines = [ln for ln in err.splitlines() if name in ln]
+            assert len(lines) == 1 and lines[0].startswith("skipping ") and "not a run record" in lines[0], (cmd, err)
+    assert results.record_problem({"run_id": "pt-1", "status": "done", "config": {}}) is None
+    assert results.read_record(str(tmp_path / "results"), planned[0]) is None

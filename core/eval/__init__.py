@@ -12,7 +12,7 @@ import dataclasses
 import os
 import time
 
-from core import results
+from core import results, runlock
 from core.config import Config, config_from_dict, validate as validate_config
 from core.data import check_dataset_path
 from core.device import resolve_device, resolve_precision
@@ -21,6 +21,7 @@ from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
 from core.eval.common import (KINDS, PROTOCOLS, Record, Session, check_protocol, encoder_state, eval_data,
                               eval_run_id, load_init, session)
+from core.fingerprint import resolve as resolve_dataset
 from core.progress import tensorboard_dir
 
 __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
@@ -38,6 +39,7 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     if eval_only and (protocol != "finetune" or init is None):
         raise UserError("--eval-only evaluates a fine-tuned checkpoint: `eval finetune --init PATH --eval-only`")
     extra, state = {}, None
+    cfg = resolve_dataset(cfg)  # the pretraining run's id holds its dataset's fingerprint
     if init is not None:
         state, sha = load_init(init)
         parent = f"init-{sha[:12]}"
@@ -59,18 +61,19 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     if eval_only:
         return _run(cfg, protocol, eid, parent, state, progress, {**extra, "eval_only": True}, finetune.classify)
     state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
-    return _run(cfg, protocol, eid, parent, state, progress, extra)
+    return _run_once(cfg, protocol, eid, parent, state, progress, extra)
 
 
 def scratch(cfg: Config, progress: bool = True) -> dict:
     """The supervised baseline: the fine-tune code from random initialisation (eval.scratch recipe)."""
+    cfg = resolve_dataset(cfg)
     check_protocol(cfg, "scratch")
     eid = eval_run_id(cfg, "scratch")
     done = results.read_record(cfg.run.results_dir, eid)
     if done and done.get("status") == "done":
         return done
     check_dataset_path(cfg.data)
-    return _run(cfg, "scratch", eid, None, None, progress, {})
+    return _run_once(cfg, "scratch", eid, None, None, progress, {})
 
 
 def pretrained_config(cfg: Config, run_id: str) -> Config:
@@ -91,6 +94,16 @@ def pretrained_config(cfg: Config, run_id: str) -> Config:
                               data=dataclasses.replace(cfg.data, augmentation=run_cfg.data.augmentation))
     validate_config(cfg)
     return cfg
+
+
+def _run_once(cfg: Config, kind: str, eid: str, *args) -> dict:
+    """_run under the evaluation's lock (core.runlock): a second runner of the same sweep waits, then
+    returns the record the first one wrote. Rank 0 holds it for a DDP group."""
+    with runlock.hold(os.path.join(cfg.run.work_dir, eid), eid, enabled=int(os.environ.get("RANK", 0)) == 0):
+        done = results.read_record(cfg.run.results_dir, eid)
+        if done and done.get("status") == "done":
+            return done
+        return _run(cfg, kind, eid, *args)
 
 
 RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,

@@ -96,6 +96,8 @@ def eval_run_id(cfg: Config, protocol: str, parent: str | None = None, eval_only
     data = {"dataset": d.dataset, "mean": d.mean, "std": d.std}
     if d.dataset == "synthetic":
         data["synthetic_size"] = d.synthetic_size
+    if d.fingerprint:  # a folder's content (core.fingerprint); the scratch baseline has no parent that holds it
+        data["fingerprint"] = d.fingerprint
     # settings added later leave the id of runs that keep their old behaviour unchanged
     sec = {k: v for k, v in dataclasses.asdict(sec).items() if OLD_BEHAVIOUR.get(k, object()) != v}
     ident = {"protocol": protocol, "parent": parent, "section": sec, "seed": cfg.eval.seed,
