@@ -52,7 +52,7 @@ class Ablation:
 
     def eval_ladder_for(self, preset: str) -> tuple[dict, bool]:
         """(protocol -> (key, values), whether the values are to be scaled to the config)."""
-        if preset == PAPER_PRESET or self.small_eval_ladder is None:
+        if follows_paper(preset) or self.small_eval_ladder is None:
             return self.eval_ladder, True
         return self.small_eval_ladder, False
 

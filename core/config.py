@@ -355,10 +355,11 @@ PRESETS[REHEARSAL] = {
 }
 # Settings divided by these numbers (rounded up) once a preset, the overrides and an ablation's
 # variant have set them: the epochs ablation's 100 ... 1600 become 1 ... 16 (800: 8, as the
-# baseline), the decoder widths 128 ... 1024 become 16 ... 128, so no two paper runs become one.
+# baseline), the decoder widths 128 ... 1024 become 16 ... 128, Figure 9's fine-tuning ladder of
+# 50 / 100 / 200 epochs becomes 1 / 2 / 4, so no two paper runs become one.
 SCALED: dict[str, dict] = {REHEARSAL: {
     "pretrain.epochs": 100, "pretrain.warmup_epochs": 100, "model.dvae_epochs": 100, "model.decoder_embed_dim": 8,
-    "eval.linprobe.epochs": 100, "eval.linprobe.warmup_epochs": 100, "eval.finetune.epochs": 100,
+    "eval.linprobe.epochs": 100, "eval.linprobe.warmup_epochs": 100, "eval.finetune.epochs": 50,
     "eval.finetune.warmup_epochs": 100, "eval.scratch.epochs": 100, "eval.scratch.warmup_epochs": 100,
 }}
 # The preset whose ablation variants and evaluations a preset runs (itself unless listed).

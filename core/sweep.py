@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from core import results
 from core.ablation import PAPER_PRESET, Ablation
-from core.config import Config, build_config, flat_dict
-from core.fingerprint import resolve as resolve_dataset
+from core.config import SCALED, Config, build_config, flat_dict
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
+from core.fingerprint import resolve as resolve_dataset
 
 
 @dataclass
@@ -112,6 +112,8 @@ def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overr
         return {}
     key, paper_values = ladder[protocol]
     ratio = flat_dict(cfg)[key] / flat_dict(build_config(PAPER_PRESET))[key] if scaled else 1.0
+    if key in SCALED.get(preset, {}):  # the rehearsal: build_config scales the paper's own values itself
+        ratio = 1.0
     out = {}
     for v in paper_values:
         scaled = max(1, round(v * ratio))

@@ -39,6 +39,7 @@ def aligned_units():
                (b.ablation, b.variant, b.paper_variant, b.seed, b.is_baseline, list(b.eval_ids))
         ids = [(a.pretrain_id, b.pretrain_id)] if a.pretrain_id else []
         pairs += ids + [(a.eval_ids[p], b.eval_ids[p]) for p in a.eval_ids]
+        pairs += [(a.eval_choices[p][c], b.eval_choices[p][c]) for p in a.eval_choices for c in a.eval_choices[p]]
     return paper, rehearsal, pairs
 
 
@@ -48,7 +49,7 @@ def test_the_rehearsal_plan_is_the_paper_plan_unit_for_unit():
     forward, backward = {}, {}
     for p, r in pairs:  # the same runs are shared: a one-to-one map of run ids
         assert forward.setdefault(p, r) == r and backward.setdefault(r, p) == p
-    assert len(forward) == len(paper.units) == len(rehearsal.units) == 108
+    assert len(forward) == len(paper.units) == len(rehearsal.units) == 121  # Figure 9: 3 schedules a count
     assert [paper.units[p].kind for p in forward] == [rehearsal.units[r].kind for r in forward.values()]
     assert set(paper.units).isdisjoint(rehearsal.units)  # a rehearsal record is never a real run's
 

@@ -362,6 +362,8 @@ class Accumulate:
     def __init__(self, loader, accum: int):
         self.loader, self.accum = loader, accum
         self.steps_per_epoch = loader.steps_per_epoch // accum
+        self.batch_size = loader.batch_size * accum  # images per optimizer step on this process
+        self.world = getattr(loader, "world", 1)
 
     def epoch(self, epoch: int, start_step: int = 0):
         batches = self.loader.epoch(epoch, start_step * self.accum)

@@ -30,6 +30,7 @@ class FeatureSteps:
     def __init__(self, loader, encoder, pool: str, precision: str, device, accum: int):
         self.steps = Accumulate(loader, accum)
         self.steps_per_epoch = self.steps.steps_per_epoch
+        self.batch_size, self.world = self.steps.batch_size, self.steps.world
         self.encoder, self.pool, self.precision, self.device = encoder, pool, precision, device
 
     def epoch(self, epoch: int, start_step: int = 0):
