@@ -10,7 +10,8 @@ import torch
 from core.ablation import load_all
 from core.config import build_config
 from core.eval.finetune import ViTClassifier, freeze_for_partial
-from core.eval.linprobe import LinearProbe, probe_head
+from core.eval.common import frozen_features
+from core.eval.linprobe import probe_head
 from core.masking import make_mask
 from core.model import MAE, ViTEncoder
 from core.sweep import make_plan
@@ -68,11 +69,11 @@ def test_every_trained_parameter_of_the_evaluation_models_gets_a_gradient(kind, 
 
 
 def test_every_trained_parameter_of_the_linear_probe_gets_a_gradient():
-    encoder = ViTEncoder("vit_tiny_patch4", 16).requires_grad_(False)
-    probe = LinearProbe(encoder, probe_head(encoder.embed_dim, 10), "cls", "fp32", torch.device("cpu"))
-    probe.train()
-    probe(torch.randn(4, 3, 16, 16)).sum().backward()
-    assert params_without_grad(probe) == [] and all(p.grad is not None for p in probe.head.parameters())
+    encoder = ViTEncoder("vit_tiny_patch4", 16).requires_grad_(False).eval()
+    head = probe_head(encoder.embed_dim, 10).train()  # the probe trains its head on frozen features
+    feats = frozen_features(encoder, torch.randn(4, 3, 16, 16), "cls", "fp32", torch.device("cpu"))
+    head(feats).sum().backward()
+    assert params_without_grad(head) == [] and all(p.grad is not None for p in head.parameters())
 
 
 # Every unit tiny: 8 images, a global batch of 8 = 2 processes x accum_iter 2 x 2 images, so one
