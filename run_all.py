@@ -132,6 +132,10 @@ def _plan(args):
     from core.sweep import make_plan
 
     names, overrides = split_targets(args.targets)
+    if args.preset == "rehearsal":  # its JPEG folder first: run ids hold the dataset's fingerprint
+        from core.config import build_config
+        from core.rehearsal import ensure_data
+        ensure_data(build_config(args.preset, overrides), lambda *a: None)
     return make_plan(select(names), args.preset, args.seeds, overrides), overrides
 
 
@@ -382,9 +386,12 @@ def resolve_preset(args) -> None:
                               "data.dataset=imagefolder for the tiny model on it")
         args.preset = DEFAULT_PRESET
     if given.get("data.path"):
-        from core.config import build_config
+        from core.config import PRESETS, Config, apply_overrides, parse_override
         from core.errors import ConfigError
-        data = build_config(args.preset, [w for w in words if w.split("=", 1)[0].strip().startswith("data.")]).data
+        if args.preset not in PRESETS:
+            return  # build_config names the unknown preset
+        given_data = dict(parse_override(w) for w in words if w.split("=", 1)[0].strip().startswith("data."))
+        data = apply_overrides(Config(), {**PRESETS[args.preset], **given_data}).data  # types only: the run checks ranges
         if data.dataset != "imagefolder":
             raise ConfigError(f"data.path={data.path} would be ignored: preset {args.preset} trains on "
                               f"data.dataset={data.dataset}; "

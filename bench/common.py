@@ -116,7 +116,8 @@ def model_config(arch: str, *, decoder_depth: int | None = None, mask_token_in_e
 
     preset = "tiny" if arch == "vit_tiny_patch4" else "paper"
     over = [f"model.arch={arch}", f"model.mask_ratio={mask_ratio}",
-            f"model.mask_token_in_encoder={mask_token_in_encoder}", "data.dataset=synthetic"]
+            f"model.mask_token_in_encoder={mask_token_in_encoder}", "data.dataset=synthetic",
+            "data.synthetic_size=4096"]  # no images are made: as large as the recipe's batch, which must fit
     if decoder_depth is not None:
         over.append(f"model.decoder_depth={decoder_depth}")
     if img_size is not None:

@@ -390,9 +390,9 @@ def submit(names: list[str], preset: str, seeds: int, overrides: list[str], *, d
 
     cfg = build_config(preset, overrides)
     executor = prepare(cfg, dry_run)
+    if not dry_run:  # the rehearsal's JPEG folder, on the filesystem the jobs share, before the plan:
+        ensure_data(cfg, log)  # run ids hold the dataset's fingerprint
     plan = make_plan(select(names), preset, seeds, overrides)
-    if not dry_run:
-        ensure_data(cfg, log)  # the rehearsal's JPEG folder, on the filesystem the jobs share
     return submit_plan(plan, cfg, executor, dry_run=dry_run, log=log)
 
 

