@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import results
-from core.errors import CheckpointError, ConfigError, DataError, UserError
+from core.errors import CheckpointError, ConfigError, UserError
 from core.eval import eval_run_id, evaluate, scratch
 from core.eval.common import encoder_state
 from core.eval.finetune import build
@@ -178,7 +178,7 @@ def test_init_checkpoint_knn_and_record(fast_cfg, tmp_path):
     path = tmp_path / "mae_pretrain.pth"
     torch.save({"model": encoder_weights()}, path)  # the released layout: {'model': encoder weights}
     rec = evaluate(cfg, "knn", init=str(path), progress=False)
-    from core.eval.common import file_sha256
+    from core.checkpoint import sha256 as file_sha256
     assert rec["status"] == "done" and rec["parent"] == "init-" + file_sha256(path)[:12]
     assert rec["run_id"] == eval_run_id(cfg, "knn", parent=rec["parent"])
     assert rec["kind"] == "knn" and rec["protocol_config"]["k"] == 20 and rec["epochs"] == 0

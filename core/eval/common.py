@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import math
 import random
@@ -228,14 +227,6 @@ class FeatureLoader:
 NOT_ENCODER = ("decoder_", "mask_token", "encoder_mask_token", "head.", "fc_norm.")
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_init(path: str) -> tuple[dict, str]:
     """(weights, sha256) of an external checkpoint: {'model': state dict} as the MAE authors
     released them, or ours. weights_only=True: a pickle that would run code is refused."""
@@ -244,7 +235,7 @@ def load_init(path: str) -> tuple[dict, str]:
     ignored = checkpoint.ignored_keys(obj)
     if ignored:  # an official training checkpoint: args (an argparse.Namespace), optimizer, epoch, scaler
         print(f"note: {path}: using its 'model' weights, ignoring {', '.join(ignored)}", file=sys.stderr)
-    return state, file_sha256(path)
+    return state, checkpoint.sha256(path)
 
 
 def is_finetuned_avg(state: dict) -> bool:
