@@ -31,7 +31,7 @@ def _init_worker(jobs: int) -> None:
 def _run_unit(unit) -> tuple[str, str, str | None]:
     """(run id, status, reason) of one unit, in a worker. A user error (bad data path, ...) comes
     back as ('error', message) so the parent stops the sweep with that one line, as a serial run does."""
-    from core.sweep import run_evaluation
+    from core.sweep import check_ran_as_planned, run_evaluation
     from core.train import pretrain
 
     try:
@@ -39,6 +39,7 @@ def _run_unit(unit) -> tuple[str, str, str | None]:
             rec = pretrain(unit.cfg, progress=False)
         else:
             rec = run_evaluation(unit.cfg, unit.kind, run_id=unit.parent, progress=False)
+        check_ran_as_planned(unit, rec)
         return unit.run_id, rec.get("status", "done"), None
     except TrainingFailed as e:
         return unit.run_id, "failed", str(e)

@@ -90,8 +90,8 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                     plan.units.setdefault(cell.pretrain_id, Unit("pretrain", cell.pretrain_id, cfg)).users.append(who)
                 for protocol in abl.evals_for(preset):
                     kind = abl.substitute.get(label, {}).get(protocol, protocol)
-                    choices = ladder_configs(abl, protocol, cfg, preset, overrides, {**variant, **seed_overrides(seed)}) \
-                        if kind == protocol else {}
+                    values = {**variant, **seed_overrides(seed)}
+                    choices = ladder_configs(abl, protocol, cfg, preset, overrides, values) if kind == protocol else {}
                     for choice, c in (choices or {"": cfg}).items():
                         eid = eval_run_id(c, kind, parent=cell.pretrain_id)
                         cell.eval_ids.setdefault(protocol, eid)
@@ -117,7 +117,9 @@ def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overr
     out = {}
     for v in paper_values:
         scaled = max(1, round(v * ratio))
-        out[f"{scaled} {key.rsplit('.', 1)[-1]}"] = build_config(preset, overrides, {**values, key: scaled})
+        # resolved like the unit's own config: the dataset fingerprint is part of the eval id
+        cfg_v = build_config(preset, overrides, {**values, key: scaled})
+        out[f"{scaled} {key.rsplit('.', 1)[-1]}"] = resolve_dataset(cfg_v)
     return out
 
 
@@ -151,6 +153,7 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
             else:
                 rec = eval_fn(unit.cfg, unit.kind, run_id=unit.parent, progress=progress)
             status[unit.run_id] = rec.get("status", "done")
+            check_ran_as_planned(unit, rec)
         except Preempted:
             raise
         except caught as e:  # TrainingFailed; in a rehearsal any error: that unit fails, the sweep goes on
@@ -170,6 +173,14 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
         log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id} ({who}): {status[unit.run_id]} "
             f"in {time.perf_counter() - t0:.1f} s")
     return status
+
+
+def check_ran_as_planned(unit: Unit, rec: dict) -> None:
+    """A unit must run under the id it was planned with: otherwise its record is where status and
+    tables never look (e.g. its dataset changed between planning and running)."""
+    if rec.get("run_id", unit.run_id) != unit.run_id:
+        raise UserError(f"{unit.kind} {unit.run_id} ran as {rec['run_id']}: its config changed between planning "
+                        f"and running (a dataset written or changed after the plan?); plan the sweep again")
 
 
 def run_evaluation(cfg: Config, protocol: str, *, run_id: str | None, progress: bool = True) -> dict:

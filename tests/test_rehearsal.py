@@ -181,3 +181,20 @@ def test_no_rehearsal_data_for_a_dry_run(tmp_path, capsys, monkeypatch):
     code, out, err = cli(capsys, "submit", "mask_token", "--rehearse", "--dry-run", *dirs)
     assert code == 0, err
     assert "6 units at preset rehearsal" in out and not (tmp_path / "data").exists()
+
+
+def test_every_planned_id_is_the_id_its_unit_runs_under(tmp_path, monkeypatch):
+    """The plan's run ids hold the dataset's fingerprint, as pretrain() and evaluate() compute it:
+    Figure 9's schedule ladder once planned ids without it, ran under others, and `status` showed
+    its 21 finished units as pending."""
+    from core.eval import eval_run_id
+    from core.fingerprint import resolve as resolve_dataset
+    from core.rehearsal import ensure_data
+
+    monkeypatch.chdir(tmp_path)
+    ensure_data(build_config(REHEARSAL), lambda *a: None)
+    plan = make_plan(select(["all"]), REHEARSAL)
+    for unit in plan.units.values():
+        cfg = resolve_dataset(unit.cfg)
+        rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.parent)
+        assert rid == unit.run_id, (unit.kind, unit.users[0])
