@@ -143,7 +143,7 @@ def cmd_run(args):
     from core.config import REHEARSAL, build_config
     from core.device import thread_count
     from core.distributed import from_env
-    from core.parallel import default_jobs, run_plan_parallel
+    from core.parallel import run_plan_parallel
     from core.sweep import run_plan
 
     rehearsal = args.preset == REHEARSAL
@@ -163,7 +163,7 @@ def cmd_run(args):
     if rehearsal:
         from core.rehearsal import ensure_data, save_outcome
         ensure_data(cfg, log)  # already there when `run --rehearse` launched this torchrun
-    jobs = getattr(args, "jobs", None) or default_jobs()
+    jobs = getattr(args, "jobs", None) or 1
     if jobs > 1 and not rehearsal and from_env().world == 1:  # under torchrun: one DDP unit at a time
         log(f"{jobs} units at a time, {thread_count(jobs)} thread(s) each")
         status = run_plan_parallel(plan, jobs, log=log)
@@ -427,8 +427,9 @@ def positive_float(text):
     return value
 
 
-JOBS_HELP = ("units run at once, each in its own process with its share of the CPUs (default: the CPUs this "
-             "process may use: affinity, SLURM_CPUS_PER_TASK); evaluations wait for their pretraining")
+JOBS_HELP = ("units run at once, each in its own process with its share of the CPUs this process may use "
+             "(affinity, SLURM_CPUS_PER_TASK); evaluations wait for their pretraining. Default 1: on a 2-core "
+             "machine two one-thread workers were measured slower than one two-thread run (docs/performance.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

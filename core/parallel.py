@@ -14,14 +14,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from core.device import configure_threads, usable_cpus
+from core.device import configure_threads
 from core.errors import Preempted, TrainingFailed, UserError
 
 PREPARED_TARGETS = ("pca", "dvae_token")  # targets whose first run fits or trains a cached artifact
-
-
-def default_jobs() -> int:
-    return usable_cpus()
 
 
 def _init_worker(jobs: int) -> None:
