@@ -16,6 +16,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from core.device import configure_threads
 from core.errors import Preempted, TrainingFailed, UserError
+from core.sweep import check_ran_as_planned, run_evaluation
+from core.train import pretrain
 
 PREPARED_TARGETS = ("pca", "dvae_token")  # targets whose first run fits or trains a cached artifact
 
@@ -27,9 +29,6 @@ def _init_worker(jobs: int) -> None:
 def _run_unit(unit) -> tuple[str, str, str | None]:
     """(run id, status, reason) of one unit, in a worker. A user error (bad data path, ...) comes
     back as ('error', message) so the parent stops the sweep with that one line, as a serial run does."""
-    from core.sweep import check_ran_as_planned, run_evaluation
-    from core.train import pretrain
-
     try:
         if unit.kind == "pretrain":
             rec = pretrain(unit.cfg, progress=False)
