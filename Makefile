@@ -14,9 +14,11 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# every ablation at the tiny preset (pretraining, linear probe, kNN), then tables, figures, report
+# every ablation at the tiny preset, 3 seeds (pretraining, linear probe, kNN, Figure 9's fine-tunes),
+# then tables, figures, report; `make demo DEMO_ARGS="--seeds 1"` for a quick look
+DEMO_ARGS ?=
 demo: install
-	$(PY) run_all.py demo --preset tiny
+	$(PY) run_all.py demo --preset tiny $(DEMO_ARGS)
 
 # As root (CI) the system packages are installed, so their tests must run rather than skip.
 REQUIRE_SYSTEM_DEPS := $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)

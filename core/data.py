@@ -6,7 +6,9 @@ uninterrupted run would, with any number of loader workers.
 """
 from __future__ import annotations
 
+import math
 import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +32,13 @@ def _to_tensor(mean, std):
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
-def pretrain_transform(name: str, size: int, mean, std) -> T.Compose:
-    """Paper Table 1e augmentation sets, by name."""
+def pretrain_transform(name: str, size: int, mean, std) -> "BoxAugment":
+    """Paper Table 1e augmentation sets, by name: PIL images through torchvision, in-memory tensor
+    images through one batched resampling per batch (BoxAugment)."""
+    return BoxAugment(name, size, mean, std, _pil_pretrain_transform(name, size, mean, std))
+
+
+def _pil_pretrain_transform(name: str, size: int, mean, std) -> T.Compose:
     if name == "none":  # resize + center crop, no flip
         ops = [T.Resize(size, interpolation=BICUBIC, antialias=True), T.CenterCrop(size)]
     elif name == "crop_fixed":  # a random crop of fixed size (size/0.875 resize first) + flip
@@ -45,6 +52,71 @@ def pretrain_transform(name: str, size: int, mean, std) -> T.Compose:
     else:
         raise DataError(f"unknown augmentation set {name!r}")
     return T.Compose(ops + _to_tensor(mean, std))
+
+
+class BoxAugment:
+    """An augmentation set as a box in the source image (and a flip) resampled to size x size.
+
+    Every set of Table 1e is one: `none` the whole image, `crop_fixed` a random box of 0.875 of the
+    side (resize to size/0.875, then crop size), `crop_rand` RandomResizedCrop's box (scale 0.2-1,
+    ratio 3/4-4/3, its fallback to the central box after ten misses), `crop_color_jitter` that box
+    then colour jitter. PIL images take the torchvision pipeline `pil`. uint8 tensor images (the
+    in-memory datasets) are resampled in one bicubic `grid_sample` per batch (Transformed.__getitems__):
+    torchvision's per-image transforms cost ~0.8 ms of Python each, more than a tiny model's step.
+    Resampling reads real pixels just outside the box where torchvision replicates the box's edge,
+    and keeps float values where torchvision rounds to uint8; boxes come from the sample seed alone,
+    so an image gets the same view in any batch, on any rank, after any resume."""
+
+    def __init__(self, name: str, size: int, mean, std, pil: T.Compose):
+        self.name, self.size, self.pil = name, size, pil
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.jitter = T.ColorJitter(**COLOR_JITTER) if name == "crop_color_jitter" else None
+
+    def __call__(self, img):
+        if not isinstance(img, torch.Tensor):
+            return self.pil(img)
+        return self.batch(img.unsqueeze(0), [torch.initial_seed()])[0]
+
+    def box(self, rng: random.Random, h: int, w: int) -> tuple[float, float, float, float, bool]:
+        """(top, left, height, width, flip) in source pixels, drawn from rng."""
+        if self.name == "none":
+            return 0.0, 0.0, float(h), float(w), False
+        if self.name == "crop_fixed":
+            side = round(self.size / 0.875)
+            bh, bw = h * self.size / side, w * self.size / side
+            top, left = rng.randint(0, side - self.size) * h / side, rng.randint(0, side - self.size) * w / side
+            return top, left, bh, bw, rng.random() < 0.5
+        area = h * w
+        for _ in range(10):
+            target = area * rng.uniform(0.2, 1.0)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            bw, bh = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < bw <= w and 0 < bh <= h:
+                return float(rng.randint(0, h - bh)), float(rng.randint(0, w - bw)), float(bh), float(bw), rng.random() < 0.5
+        side = min(h, w)  # RandomResizedCrop's fallback (ratio within bounds for square images)
+        return (h - side) / 2, (w - side) / 2, float(side), float(side), rng.random() < 0.5
+
+    def batch(self, imgs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """uint8 (B, 3, H, W) and one seed per image -> normalized float (B, 3, size, size)."""
+        n, _, h, w = imgs.shape
+        theta = torch.zeros(n, 2, 3, dtype=torch.float32)
+        for k, seed in enumerate(seeds):
+            top, left, bh, bw, flip = self.box(random.Random(seed), h, w)
+            # output x in [-1, 1] -> source x: the box's centre and half-width in normalized coordinates
+            theta[k, 0, 0] = (-bw if flip else bw) / w
+            theta[k, 0, 2] = (2 * left + bw) / w - 1
+            theta[k, 1, 1] = bh / h
+            theta[k, 1, 2] = (2 * top + bh) / h - 1
+        grid = torch.nn.functional.affine_grid(theta, [n, 3, self.size, self.size], align_corners=False)
+        out = torch.nn.functional.grid_sample(imgs.float() / 255, grid, mode="bicubic", padding_mode="border",
+                                              align_corners=False).clamp_(0, 1)
+        if self.jitter is not None:
+            with torch.random.fork_rng(devices=[]):
+                for k, seed in enumerate(seeds):
+                    torch.default_generator.manual_seed(seed)
+                    out[k] = self.jitter(out[k])
+        return (out - self.mean) / self.std
 
 
 def eval_transform(size: int, mean, std) -> T.Compose:
@@ -206,8 +278,9 @@ class Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, key):
-        index, seed = key
-        item = self.base.load(index)
+        return self._apply(self.base.load(key[0]), key[1])
+
+    def _apply(self, item, seed: int):
         if item is None:
             return None
         img, label = item
@@ -217,6 +290,17 @@ class Transformed(Dataset):
             # CPU run's time (cProfile: 7.4 of 22 s); the random streams are the same
             torch.default_generator.manual_seed(seed)
             return self.transform(img), label
+
+    def __getitems__(self, keys):
+        """A batch (the DataLoader's fetcher calls this when it exists): in-memory tensor images of one
+        size go through the transform's batched path in one call, as each would alone."""
+        batched = getattr(self.transform, "batch", None)
+        items = [self.base.load(index) for index, _ in keys]
+        if batched is None or any(it is None or not isinstance(it[0], torch.Tensor) for it in items) \
+                or len({it[0].shape for it in items}) != 1:
+            return [self._apply(item, seed) for item, (_, seed) in zip(items, keys)]
+        imgs = batched(torch.stack([it[0] for it in items]), [seed for _, seed in keys])
+        return [(img, it[1]) for img, it in zip(imgs, items)]
 
 
 class SeededSampler(Sampler):

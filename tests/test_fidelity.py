@@ -110,13 +110,14 @@ def test_cosine_floor_is_min_lr_times_each_groups_scale(fast_cfg):
 
 
 def test_new_settings_at_their_old_behaviour_keep_eval_ids(fast_cfg):
-    cfg = fast_cfg(*SMALL)
+    old = (*SMALL, "pretrain.precision=auto")  # the tiny preset's precision before it became fp32
+    cfg = fast_cfg(*old)
     # ids computed by the code before accum_iter, min_lr and eval.recipe existed
     assert (eval_run_id(cfg, "linprobe"), eval_run_id(cfg, "knn")) == ("linprobe-ac0220d9a434", "knn-8bcbd290412e")
     paper = build_config("paper")
     assert (eval_run_id(paper, "linprobe"), paper.run_id()) == ("linprobe-6bfc0cf41658", "pt-f592c58e6b0e")
-    assert eval_run_id(cfg, "linprobe") == eval_run_id(fast_cfg(*SMALL, "eval.linprobe.accum_iter=1"), "linprobe")
-    assert eval_run_id(cfg, "linprobe") != eval_run_id(fast_cfg(*SMALL, "eval.linprobe.accum_iter=2"), "linprobe")
+    assert eval_run_id(cfg, "linprobe") == eval_run_id(fast_cfg(*old, "eval.linprobe.accum_iter=1"), "linprobe")
+    assert eval_run_id(cfg, "linprobe") != eval_run_id(fast_cfg(*old, "eval.linprobe.accum_iter=2"), "linprobe")
     with pytest.raises(ConfigError, match="accum_iter"):
         fast_cfg(*SMALL, "eval.finetune.batch_size=32", "eval.finetune.accum_iter=3")
 

@@ -10,6 +10,8 @@ from core.targets import TARGETS, build_target
 
 
 def tiny_model(**model_overrides):
+    """The tiny preset's model at 32 px (8 x 8 patches), the geometry these tests spell out."""
+    model_overrides = {"img_size": 32, **model_overrides}
     cfg = build_config("tiny", [f"model.{k}={v}" for k, v in model_overrides.items()])
     target = build_target(cfg.model, cfg.data)
     return cfg, MAE(cfg.model, target.dim), target

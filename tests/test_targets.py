@@ -41,7 +41,7 @@ def test_pca_k_follows_the_paper_ratio():
 
 
 def test_pca_with_all_components_reconstructs_patches(fast_cfg, tmp_path):
-    cfg = fast_cfg("model.target=pca", "model.pca_components=48", "model.pca_samples=4000")
+    cfg = fast_cfg("model.target=pca", "model.pca_components=48", "model.pca_samples=4000", "model.img_size=32")
     t = build_target(cfg.model, cfg.data)
     t.prepare(build_dataset(cfg.data, "train", 32), str(tmp_path / "cache"), CPU)
     imgs = norm_images(cfg, split="val")
@@ -76,7 +76,7 @@ def test_pca_basis_is_cached_and_refitted_when_its_key_changes(fast_cfg, tmp_pat
     assert len(fits) == 1 and torch.equal(a.components, b.components)
     prepare("model.pca_samples=1500")
     prepare("data.mean=(0.4,0.4,0.4)")
-    prepare("model.img_size=16")
+    prepare("model.img_size=32")
     prepare("data.synthetic_size=128")
     assert len(fits) == 5
     prepare("model.pca_samples=1500")  # each key has its own file
@@ -90,7 +90,7 @@ def test_pca_basis_is_cached_and_refitted_when_its_key_changes(fast_cfg, tmp_pat
 # --------------------------------------------------------------------------- dVAE tokens
 
 def test_token_grid_matches_the_patch_grid_for_every_arch():
-    for preset, overrides, grid, view in [("paper", [], 14, 112), ("tiny", [], 8, 64),
+    for preset, overrides, grid, view in [("paper", [], 14, 112), ("tiny", [], 4, 32), ("tiny", ["model.img_size=32"], 8, 64),
                                           ("paper", ["model.arch=vit_huge_patch14"], 16, 128)]:
         cfg = build_config(preset, ["model.target=dvae_token"] + overrides)
         t = build_target(cfg.model, cfg.data)
@@ -102,11 +102,11 @@ def test_token_grid_matches_the_patch_grid_for_every_arch():
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
-    """The tiny preset's tokenizer, trained once on the embedded digits: the slowest part of this
+    """The tiny preset's tokenizer at 32 px, trained once on the embedded digits: the slowest part of this
     file: 176 steps, about 20 s of CPU time (single-threaded), but 250 s of wall time on a 2-core
     machine loaded 3-5x over by other jobs."""
     tmp = tmp_path_factory.mktemp("tok")
-    cfg = build_config("tiny", ["model.target=dvae_token", f"run.results_dir={tmp / 'results'}",
+    cfg = build_config("tiny", ["model.target=dvae_token", "model.img_size=32", f"run.results_dir={tmp / 'results'}",
                                 f"run.work_dir={tmp / 'work'}"])
     t = build_target(cfg.model, cfg.data)
     t.prepare(build_dataset(cfg.data, "train", 32), str(tmp / "cache"), CPU, results_dir=cfg.run.results_dir)
@@ -249,7 +249,7 @@ def test_dalle_encoder_pkl_loads_without_running_its_code(fake_encoder_pkl, fmt)
 
 def test_dalle_token_target_maps_pixels_and_aligns_the_grid(fake_encoder_pkl, fast_cfg, tmp_path):
     enc, paths = fake_encoder_pkl
-    cfg = fast_cfg("model.target=dvae_token", f"model.dvae_path={paths['zip']}")
+    cfg = fast_cfg("model.target=dvae_token", f"model.dvae_path={paths['zip']}", "model.img_size=32")
     t = build_target(cfg.model, cfg.data)
     t.prepare(None, str(tmp_path / "cache"), CPU)
     assert t.dim == 16 and not os.path.exists(tmp_path / "cache")  # nothing trained
@@ -262,8 +262,8 @@ def test_dalle_token_target_maps_pixels_and_aligns_the_grid(fake_encoder_pkl, fa
     assert tokens.shape == (8, 64) and torch.equal(tokens, expect)
     assert t.to_pixels(torch.randn(8, 64, 16), imgs) is None  # no decoder: no pictures
     # the run id names the file; the in-suite tokenizer's settings do not matter then
-    other = fast_cfg("model.target=dvae_token", f"model.dvae_path={paths['zip']}", "model.dvae_vocab=7")
-    assert other.run_id() == cfg.run_id() != fast_cfg("model.target=dvae_token").run_id()
+    other = fast_cfg("model.target=dvae_token", f"model.dvae_path={paths['zip']}", "model.dvae_vocab=7", "model.img_size=32")
+    assert other.run_id() == cfg.run_id() != fast_cfg("model.target=dvae_token", "model.img_size=32").run_id()
 
 
 def test_bad_dalle_files_get_one_line_errors(fake_encoder_pkl, tmp_path, capsys):
