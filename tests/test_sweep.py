@@ -100,7 +100,7 @@ def test_every_variant_builds_and_trains_one_step(abl_name, tmp_path_factory):
         target = build_target(cfg.model, cfg.data)
         target.prepare(build_dataset(cfg.data, "train", cfg.model.img_size), cache, torch.device("cpu"))
         model = MAE(cfg.model, target.dim)
-        imgs = torch.randn(4, 3, 32, 32)
+        imgs = torch.randn(4, 3, cfg.model.img_size, cfg.model.img_size)
         mask = make_mask(cfg.model.mask_strategy, 4, model.grid, cfg.model.mask_ratio, torch.Generator().manual_seed(0))
         loss = target.loss(model(imgs, mask), target(imgs), mask)
         loss.backward()
@@ -165,7 +165,7 @@ def test_demo_runs_the_named_ablations_then_writes_tables_figures_report_and_sta
     import plots.style
     import run_all
     monkeypatch.setattr(plots.style, "DEFAULT_OUT", str(tmp_path / "figures"))  # not the checkout's plots/out
-    assert run_all.main(["demo", "mask_token", "--quiet", *FAST, *dirs, *EVAL_FAST]) == 0
+    assert run_all.main(["demo", "mask_token", "--quiet", "--seeds", "1", "--jobs", "1", *FAST, *dirs, *EVAL_FAST]) == 0
     out = capsys.readouterr().out
     results_dir = tmp_path / "results"
     assert "6 of 6 runs done" in out and "report: " in out and "demo: " in out

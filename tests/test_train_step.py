@@ -31,8 +31,9 @@ def tiny(cfg):
 def batch(cfg, n=4):
     from core.masking import make_mask
     g = torch.Generator().manual_seed(0)
-    imgs = torch.randn(n, 3, 32, 32, generator=g)
-    return imgs, make_mask("random", n, 8, cfg.model.mask_ratio, g)
+    size = cfg.model.img_size
+    imgs = torch.randn(n, 3, size, size, generator=g)
+    return imgs, make_mask("random", n, size // 4, cfg.model.mask_ratio, g)
 
 
 # --------------------------------------------------------------------------- compile
