@@ -111,7 +111,7 @@ def sync(device: torch.device):
 def model_config(arch: str, *, decoder_depth: int | None = None, mask_token_in_encoder: bool = False,
                  img_size: int | None = None, mask_ratio: float = 0.75):
     """The paper's model (8 x 512 decoder, pixel target) with `arch` as encoder; the tiny arch
-    gets the tiny preset's 32 px images and 2 x 64 decoder unless told otherwise."""
+    gets the tiny preset's images (16 px) and 2 x 64 decoder unless told otherwise."""
     from core.config import build_config
 
     preset = "tiny" if arch == "vit_tiny_patch4" else "paper"
