@@ -30,8 +30,8 @@ GPU_BATCH = {"vit_tiny_patch4": 1024, "vit_small_patch16": 256, "vit_base_patch1
 
 
 def measure(arch: str, batch: int, precision: str, device: torch.device, compile: bool, steps: int, warmup: int,
-            quick: bool) -> dict:
-    cfg = common.model_config(arch)
+            quick: bool, img_size: int | None = None) -> dict:
+    cfg = common.model_config(arch, img_size=img_size)
     flops_img = common.train_flops_per_image(cfg)
     row = {"model": common.SHORT.get(arch, arch), "arch": arch, "precision": precision, "batch": batch,
            "compile": compile, "steps": steps, "warmup": warmup, "mask_ratio": cfg.model.mask_ratio,
@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 3 cpu, 40 for tiny; 10 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 cpu, 20 for tiny; 3 cuda; +2 compiled)")
     p.add_argument("--compile", default=None, choices=("off", "on", "both"), help="default off on cpu, both on cuda")
+    p.add_argument("--img-size", type=int, default=None, help="image size (default the model's preset: tiny 16, "
+                   "paper 224)")
     args = p.parse_args(argv)
     device = common.setup(args)
     gpu = device.type == "cuda"
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
                     # tiny steps take tens of ms: oneDNN builds its bf16 kernels over the first ~10
                     # steps, and with 1 warm-up step bf16 read 194 instead of 21 ms/step (measured)
                     n, w = 40, 20
-                row = measure(arch, batch, prec, device, comp, n, w, args.quick)
+                row = measure(arch, batch, prec, device, comp, n, w, args.quick, args.img_size)
                 rows.append({**env, "bench": "pretrain_step", **row})
                 print(f"  {row['model']} {prec} batch {batch} compile={comp}: "
                       + (f"{row['images_per_s']:.3g} img/s, {row['ms_per_step']:.0f} ms/step, "
