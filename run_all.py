@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
@@ -84,7 +86,7 @@ def cmd_tokenizer(args):
 
 
 def cmd_data_beton(args):
-    from core.ffcv_data import convert
+    from core.ffcv.writer import convert
 
     for path, info in convert(args.src, args.out, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
                               compress_prob=args.compress_prob, workers=args.workers,
@@ -182,9 +184,6 @@ def cmd_rehearse(args):
     """`run --rehearse`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
     processes (every unit in turn, a failed unit does not stop the others), then the rehearsal's
     tables, report and status, and a summary of every unit with the wall time."""
-    import subprocess
-    import time
-
     from core.config import build_config
     from core.rehearsal import ensure_data, load_outcome, outcome_path, summary_lines
 
@@ -214,8 +213,6 @@ def cmd_rehearse(args):
 
 
 def cmd_status(args):
-    import time
-
     from core.config import build_config
 
     plan, overrides = _plan(args)
@@ -347,8 +344,6 @@ def cmd_report(args):
 
 def cmd_demo(args):
     """Every ablation at a small preset, then its tables, figures and report: what `make demo` runs."""
-    import time
-
     t0 = time.perf_counter()
     names, overrides = split_targets(args.overrides)
     ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=(names or ["all"]) + overrides,

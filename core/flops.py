@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.masking import make_mask
+from core.model import MAE, ViTEncoder
+
 
 def mae_forward_flops(model_cfg, pred_dim: int) -> int:
     """Forward FLOPs of one pretraining image (encoder + decoder), counting a multiply-add as 2."""
-    from core.masking import make_mask
-    from core.model import MAE
-
     with torch.device("meta"):
         model = MAE(model_cfg, pred_dim)
         imgs = torch.empty(1, 3, model_cfg.img_size, model_cfg.img_size)
@@ -22,8 +22,6 @@ def mae_forward_flops(model_cfg, pred_dim: int) -> int:
 
 def encoder_forward_flops(arch: str, img_size: int) -> int:
     """Forward FLOPs of the encoder on a whole image (what evaluation runs)."""
-    from core.model import ViTEncoder
-
     with torch.device("meta"):
         enc = ViTEncoder(arch, img_size)
         imgs = torch.empty(1, 3, img_size, img_size)
@@ -33,9 +31,6 @@ def encoder_forward_flops(arch: str, img_size: int) -> int:
 
 
 def _meta_mae(model_cfg, pred_dim: int, batch: int = 1):
-    from core.masking import make_mask
-    from core.model import MAE
-
     with torch.device("meta"):
         model = MAE(model_cfg, pred_dim)
         imgs = torch.empty(batch, 3, model_cfg.img_size, model_cfg.img_size)
