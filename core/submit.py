@@ -45,8 +45,6 @@ from core.rehearsal import ensure_data
 from core.sweep import make_plan
 from core.targets import build_target
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # Images per split where counting them would mean listing a million files: ImageNet-1k.
 IMAGENET_IMAGES = {"train": 1_281_167, "val": 50_000}
 # SLURM states of a job that may still run (anything else has ended).
@@ -307,9 +305,7 @@ def slurm_parameters(cfg, stage: str, n_tasks: int, dependency: str | None = Non
     cl = cfg.cluster
     p = {"job_name": f"mae-{cfg.run.preset}-{stage}", "time": parse_time(cl.time), "nodes": cl.nodes,
          "ntasks_per_node": tasks_per_node(cl), "cpus_per_task": cl.cpus_per_task,
-         "signal_delay_s": cl.signal_delay_s, "array_parallelism": cl.array_parallelism,
-         # jobs import core/ from this checkout whatever their working folder
-         "setup": [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]}
+         "signal_delay_s": cl.signal_delay_s, "array_parallelism": cl.array_parallelism}
     if cl.gpus_per_node:
         p["gpus_per_node"] = cl.gpus_per_node
     for key in ("partition", "account", "qos", "constraint", "mem"):
@@ -461,8 +457,7 @@ def run_array(cfg, a: Array, executor: str, folder: str) -> None:
         ex.update_parameters(**slurm_parameters(cfg, a.stage, len(a.tasks), a.dependency()))
     elif executor == "local":
         ex.update_parameters(timeout_min=parse_time(cl.time), tasks_per_node=tasks_per_node(cl),
-                             gpus_per_node=cl.gpus_per_node, signal_delay_s=cl.signal_delay_s,
-                             setup=slurm_parameters(cfg, a.stage, 1)["setup"])
+                             gpus_per_node=cl.gpus_per_node, signal_delay_s=cl.signal_delay_s)
     fns = [ClusterJob(cfg.run.preset, task, cl.max_requeues, cl.signal_delay_s) for task in a.tasks]
     try:
         jobs = ex.submit_array(fns)

@@ -9,6 +9,7 @@ import numpy as np
 
 from core.ffcv.kernels import fixed_crop, flip_lr, jit, jitter_one, normalise_chw, sample_seed
 
+
 @functools.lru_cache(maxsize=1)
 def seeded_crop_decoder():
     """Our ffcv decoder class. It subclasses ffcv's, so it is defined on first use: the loaders (and

@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 
+
 def sample_seed(salt, first, index):
     """Seed of one sample's draws (numba): a function of the run, the sample and its batch, so
     the same batch gets the same views on any thread, and a new batch (new epoch) new ones."""

@@ -12,6 +12,7 @@ from core.ffcv.beton import beton_path, check_beton, good_indices, read_sidecar
 from core.ffcv.decoder import seeded_crop_decoder
 from core.ffcv.optional import keep_torch_threads, require_ffcv
 
+
 def image_pipeline(kind: str, size: int, seed: int, mean, std) -> list:
     """The ffcv operations of one augmentation set (core.data.pretrain_transform's names), ending in
     normalised float32 NCHW tensors. The decoder normalises: ffcv's NormalizeImage

@@ -14,6 +14,7 @@ import time
 # watchdog thread called _thread.interrupt_main(), which does nothing where SIGINT is ignored, as in
 # every job a non-interactive shell starts with '&' or nohup: there the conversion hung.)
 
+
 class WorkerDied(Exception):
     pass
 

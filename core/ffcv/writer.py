@@ -20,6 +20,7 @@ from core.ffcv.beton import SPLITS, read_layout, sidecar_path
 from core.ffcv.optional import require_ffcv
 from core.ffcv.watchdog import TrackedProcess, WatchedQueue, watching_sleep, WorkerDied
 
+
 class _FolderForWriter:
     """ImageFolder samples as (uint8 HWC array, label) for ffcv's writer workers. It never raises:
     a worker that raised would leave ffcv's writer waiting forever. An unreadable image becomes a
