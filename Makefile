@@ -6,10 +6,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e . --no-deps  # the suite itself (pyproject.toml): imports from any folder
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import time
 
+from core.config import PRESETS, REHEARSAL, Config, apply_overrides, build_config, flat_dict, parse_override
+from core.errors import ConfigError, Preempted, TrainingFailed, UserError
+
+# The subcommands import the rest of the suite when they run: torch, timm and matplotlib take seconds
+# to import, and `--help`, `config` and one-line errors need none of them.
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, ROOT)
 
 
 CONFIG_HINT = ("every key=value setting with its value, description, allowed range and paper table: "
@@ -37,7 +43,6 @@ def add_config_args(p: argparse.ArgumentParser):
 
 
 def cmd_pretrain(args):
-    from core.config import build_config
     from core.train import ckpt_dir, pretrain
 
     cfg = build_config(args.preset, args.overrides)
@@ -50,7 +55,6 @@ def cmd_pretrain(args):
 
 
 def cmd_config(args):
-    from core.config import build_config, flat_dict
     from core.fingerprint import resolve
     from core.settings import SETTINGS
 
@@ -70,7 +74,6 @@ def cmd_config(args):
 
 
 def cmd_tokenizer(args):
-    from core.config import build_config
     from core.targets.dvae import tokenizer_job
 
     cfg = build_config(args.preset, args.overrides)
@@ -84,7 +87,7 @@ def cmd_tokenizer(args):
 
 
 def cmd_data_beton(args):
-    from core.ffcv_data import convert
+    from core.ffcv.writer import convert
 
     for path, info in convert(args.src, args.out, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
                               compress_prob=args.compress_prob, workers=args.workers,
@@ -95,7 +98,6 @@ def cmd_data_beton(args):
 
 
 def cmd_eval(args):
-    from core.config import build_config
     from core.eval import evaluate, scratch
 
     cfg = build_config(args.preset, args.overrides)
@@ -133,14 +135,12 @@ def _plan(args):
 
     names, overrides = split_targets(args.targets)
     if args.preset == "rehearsal":  # its JPEG folder first: run ids hold the dataset's fingerprint
-        from core.config import build_config
         from core.rehearsal import ensure_data
         ensure_data(build_config(args.preset, overrides), lambda *a: None)
     return make_plan(select(names), args.preset, args.seeds, overrides), overrides
 
 
 def cmd_run(args):
-    from core.config import REHEARSAL, build_config
     from core.device import thread_count
     from core.distributed import from_env
     from core.parallel import run_plan_parallel
@@ -150,7 +150,6 @@ def cmd_run(args):
     if rehearsal and "RANK" not in os.environ:  # not yet under torchrun: launch it, then sum up
         return cmd_rehearse(args)
     if getattr(args, "nproc", None) is not None and not rehearsal:
-        from core.errors import UserError
         raise UserError("--nproc is for --rehearse (other runs: torchrun --nproc_per_node N run_all.py run ...)")
     plan, overrides = _plan(args)
     cfg = build_config(args.preset, overrides)
@@ -182,10 +181,6 @@ def cmd_rehearse(args):
     """`run --rehearse`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
     processes (every unit in turn, a failed unit does not stop the others), then the rehearsal's
     tables, report and status, and a summary of every unit with the wall time."""
-    import subprocess
-    import time
-
-    from core.config import build_config
     from core.rehearsal import ensure_data, load_outcome, outcome_path, summary_lines
 
     t0 = time.perf_counter()
@@ -214,10 +209,6 @@ def cmd_rehearse(args):
 
 
 def cmd_status(args):
-    import time
-
-    from core.config import build_config
-
     plan, overrides = _plan(args)
     cfg = build_config(args.preset, overrides)
     if not getattr(args, "watch", None):  # `demo` calls this without the option
@@ -279,7 +270,6 @@ def cmd_submit(args):
 
 
 def cmd_cancel(args):
-    from core.config import build_config
     from core.submit import cancel
 
     plan, overrides = _plan(args)
@@ -347,9 +337,6 @@ def cmd_report(args):
 
 def cmd_demo(args):
     """Every ablation at a small preset, then its tables, figures and report: what `make demo` runs."""
-    import time
-
-    from core.config import build_config
     from core.device import usable_cpus
 
     t0 = time.perf_counter()
@@ -386,14 +373,11 @@ def resolve_preset(args) -> None:
     given = {w.split("=", 1)[0].strip(): w.split("=", 1)[1].strip() for w in words}
     if args.preset is None:
         if given.get("data.path") or given.get("data.dataset", "").strip("'\"") == "imagefolder":
-            from core.errors import ConfigError
             raise ConfigError("a dataset folder is given but no preset: the default preset tiny trains a tiny model "
                               "on its built-in digits; pass --preset paper (ViT-L/16 on that folder), or --preset tiny "
                               "data.dataset=imagefolder for the tiny model on it")
         args.preset = DEFAULT_PRESET
     if given.get("data.path"):
-        from core.config import PRESETS, Config, apply_overrides, parse_override
-        from core.errors import ConfigError
         if args.preset not in PRESETS:
             return  # build_config names the unknown preset
         given_data = dict(parse_override(w) for w in words if w.split("=", 1)[0].strip().startswith("data."))
@@ -585,7 +569,6 @@ def main(argv=None) -> int:
         getattr(args, spill).extend(extra)
     from core.device import configure_threads
     from core.distributed import shutdown
-    from core.errors import Preempted, TrainingFailed, UserError
 
     # the processes torchrun started on this node split its CPUs; --jobs workers set their own share
     local = os.environ.get("LOCAL_WORLD_SIZE", "1")

@@ -51,7 +51,7 @@ def make_data(data_dir: str, n: int, res: int, workers: int) -> tuple[str, str]:
     """(ImageFolder root, .beton path), written once per (n, res) and reused."""
     from PIL import Image
 
-    from core.ffcv_data import write_beton
+    from core.ffcv.writer import write_beton
 
     folder, beton = os.path.join(data_dir, "train"), os.path.join(data_dir, "train.beton")
     stamp = os.path.join(data_dir, "done.json")
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1")
     from core.data import EpochLoader, ImageFolderImages, Transformed, pretrain_transform
-    from core.ffcv_data import FFCVEpochLoader, require_ffcv
+    from core.ffcv.loaders import FFCVEpochLoader
+    from core.ffcv.optional import require_ffcv
 
     require_ffcv()
     data_dir = args.data_dir or os.path.join("/tmp", f"mae-bench-ffcv-{args.images}-{args.res}")

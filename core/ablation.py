@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 
+import ablations
 from core.config import PLAN_OF
 from core.errors import UserError
 
@@ -73,8 +74,6 @@ class Ablation:
 
 def load_all() -> dict[str, Ablation]:
     """Every ABLATION in the ablations package, by name, in file order."""
-    import ablations
-
     found = {}
     for info in sorted(pkgutil.iter_modules(ablations.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):

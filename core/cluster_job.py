@@ -31,6 +31,8 @@ from core import results
 from core.device import configure_threads
 from core.distributed import export_launcher_env
 from core.errors import Preempted, TrainingFailed
+from core.sweep import Plan, run_evaluation, run_plan
+from core.train import pretrain
 
 
 class ClusterJob(submitit.helpers.Checkpointable):
@@ -69,9 +71,6 @@ class ClusterJob(submitit.helpers.Checkpointable):
                                    preset=u.cfg.run.preset, config=u.cfg.to_dict())
 
     def _run(self, job) -> dict:
-        from core.sweep import Plan, run_evaluation, run_plan
-        from core.train import pretrain
-
         dist = export_launcher_env(job)
         configure_threads()  # the CPUs of this task, not of the node (tasks share nodes)
         n = self.requeued()

@@ -14,8 +14,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from core.archs import ARCHS
+from core.cluster_checks import check_cluster_config
 from core.errors import ConfigError
+from core.mask_rules import check_grid
 from core.settings import check as check_setting
+from core.target_names import TARGET_NAMES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,7 +27,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "vit_large_patch16"  # encoder size, a key of core.model.ARCHS
+    arch: str = "vit_large_patch16"  # encoder size, a key of core.archs.ARCHS
     img_size: int = 224
     decoder_depth: int = 8
     decoder_embed_dim: int = 512
@@ -31,7 +35,7 @@ class ModelConfig:
     mask_ratio: float = 0.75
     mask_strategy: str = "random"  # random | block | grid
     mask_token_in_encoder: bool = False  # Table 1c: True feeds mask tokens to the encoder
-    target: str = "pixel"  # a key of core.targets.TARGETS; Table 1 baseline: unnormalised pixels
+    target: str = "pixel"  # one of core.target_names.TARGET_NAMES; Table 1 baseline: unnormalised pixels
     loss_on_all_patches: bool = False  # paper: loss on masked patches only
     # Settings of single targets (docs/targets.md); a run's id holds only its own target's ones.
     pca_components: int = 0  # pca: coefficients kept; 0 = patch dim / 8 (the paper's 96 of 16x16x3)
@@ -513,9 +517,6 @@ def _coerce(key, value, tp):
 def validate(cfg: Config) -> None:
     """Every key against its declaration in core.settings, then the rules between keys. Raises
     ConfigError naming the key."""
-    from core.model import ARCHS  # local: config must stay importable without torch work
-    from core.targets import TARGETS
-
     flat = _flat(cfg.to_dict())
     for key, value in flat.items():
         bad = check_setting(key, value)
@@ -524,8 +525,8 @@ def validate(cfg: Config) -> None:
     m, p = cfg.model, cfg.pretrain
     if m.arch not in ARCHS:
         raise ConfigError(f"model.arch={m.arch!r} is not one of: {', '.join(sorted(ARCHS))}")
-    if m.target not in TARGETS:
-        raise ConfigError(f"model.target={m.target!r} is not one of: {', '.join(sorted(TARGETS))}")
+    if m.target not in TARGET_NAMES:
+        raise ConfigError(f"model.target={m.target!r} is not one of: {', '.join(sorted(TARGET_NAMES))}")
     patch = ARCHS[m.arch]["patch_size"]
     if m.img_size % patch:
         raise ConfigError(f"model.img_size={m.img_size} is not a positive multiple of the patch size {patch}")
@@ -557,11 +558,9 @@ def validate(cfg: Config) -> None:
     depth = ARCHS[m.arch]["depth"]
     if blocks is not None and blocks > depth:
         raise ConfigError(f"eval.finetune.blocks must be in [0, {depth}] for {m.arch}, got {blocks}")
-    from core.submit import check_cluster_config
     check_cluster_config(cfg.cluster)  # the sbatch time format and pass-through options
     if m.mask_strategy == "grid":
-        from core.masking import grid_mask
-        grid_mask(1, m.img_size // patch, m.mask_ratio, None)  # raises ConfigError if no grid fits
+        check_grid(m.img_size // patch, m.mask_ratio)  # raises ConfigError if no grid fits
 
 
 # Images per split where the dataset's size is known without reading it: a batch (per optimizer step)

@@ -12,11 +12,14 @@ import random
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from core.errors import DataError
+from core.ffcv.beton import BetonImages, beton_path, check_beton
+from core.ffcv.optional import require_ffcv
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 BICUBIC = InterpolationMode.BICUBIC
@@ -149,7 +152,7 @@ class TensorImages(Dataset):
 def digits(split: str, size: int) -> TensorImages:
     """scikit-learn's handwritten digits (1797 8x8 images, shipped inside the package), upsampled
     once to `size`, grey replicated to 3 channels; a fixed 80/20 train/val split."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy (~7 s to import here): only the digits dataset needs it
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -198,8 +201,6 @@ class ImageFolderImages(Dataset):
         return len(self.samples)
 
     def load(self, i):
-        from PIL import Image
-
         path, label = self.samples[i]
         try:
             with Image.open(path) as im:
@@ -216,8 +217,7 @@ def build_dataset(data_cfg, split: str, size: int):
         return digits(split, size)
     if data_cfg.dataset == "synthetic":
         return synthetic(split, size, data_cfg.synthetic_size)
-    if data_cfg.backend == "ffcv":  # the images live in a .beton (core/ffcv_data.py)
-        from core.ffcv_data import BetonImages, beton_path
+    if data_cfg.backend == "ffcv":  # the images live in a .beton (core/ffcv/beton.py)
         return BetonImages(beton_path(data_cfg, split))
     if not data_cfg.path:
         raise DataError("data.path is required for data.dataset=imagefolder (a folder with train/ and val/)")
@@ -230,7 +230,6 @@ def check_dataset_path(data_cfg) -> None:
         if data_cfg.dataset != "imagefolder":
             raise DataError(f"data.backend=ffcv reads .beton files converted from an ImageFolder; set "
                             f"data.dataset=imagefolder (data.dataset={data_cfg.dataset} needs no files)")
-        from core.ffcv_data import beton_path, check_beton, require_ffcv
         require_ffcv()  # not installed: one line with the install hint
         check_beton(beton_path(data_cfg, "train"))  # missing, empty or truncated: one line here
         return

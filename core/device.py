@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import os
 
@@ -73,9 +75,6 @@ def keep_freed_memory() -> bool:
     ViT-B step 6 % less CPU time, docs/performance.md). jemalloc and tcmalloc, which PyTorch's CPU
     performance guide advises, behave the same way. glibc only, elsewhere a no-op; returns
     whether it applied."""
-    import ctypes
-    import ctypes.util
-
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):

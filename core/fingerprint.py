@@ -128,7 +128,7 @@ def _beton_fingerprint(path: str) -> str:
             h.update(fh.read(EDGE))
             fh.seek(max(size - EDGE, 0))
             h.update(fh.read(EDGE))
-        side = f + ".json"  # core.ffcv_data.sidecar_path: classes and counts
+        side = f + ".json"  # core.ffcv.beton.sidecar_path: classes and counts
         if os.path.isfile(side):
             try:
                 with open(side) as fh:

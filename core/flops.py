@@ -6,13 +6,13 @@ import functools
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.masking import make_mask
+from core.model import MAE, ViTEncoder
+
 
 @functools.lru_cache(maxsize=256)  # a sweep counts each model once, not once per seed (~0.3 s each)
 def mae_forward_flops(model_cfg, pred_dim: int) -> int:
     """Forward FLOPs of one pretraining image (encoder + decoder), counting a multiply-add as 2."""
-    from core.masking import make_mask
-    from core.model import MAE
-
     with torch.device("meta"):
         model = MAE(model_cfg, pred_dim)
         imgs = torch.empty(1, 3, model_cfg.img_size, model_cfg.img_size)
@@ -25,8 +25,6 @@ def mae_forward_flops(model_cfg, pred_dim: int) -> int:
 
 def encoder_forward_flops(arch: str, img_size: int) -> int:
     """Forward FLOPs of the encoder on a whole image (what evaluation runs)."""
-    from core.model import ViTEncoder
-
     with torch.device("meta"):
         enc = ViTEncoder(arch, img_size)
         imgs = torch.empty(1, 3, img_size, img_size)
@@ -36,9 +34,6 @@ def encoder_forward_flops(arch: str, img_size: int) -> int:
 
 
 def _meta_mae(model_cfg, pred_dim: int, batch: int = 1):
-    from core.masking import make_mask
-    from core.model import MAE
-
     with torch.device("meta"):
         model = MAE(model_cfg, pred_dim)
         imgs = torch.empty(batch, 3, model_cfg.img_size, model_cfg.img_size)

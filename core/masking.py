@@ -10,13 +10,7 @@ import random
 
 import torch
 
-from core.errors import ConfigError
-
-
-def num_masked(num_patches: int, ratio: float) -> int:
-    # as the paper's code: keep int(L * (1 - ratio)); at least one patch visible and one masked
-    keep = min(max(int(num_patches * (1 - ratio)), 1), num_patches - 1)
-    return num_patches - keep
+from core.mask_rules import check_grid, num_masked
 
 
 def random_mask(batch: int, grid: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -64,23 +58,11 @@ def _one_block_mask(grid: int, target: int, min_block: int, rng: random.Random) 
     return mask.flatten()
 
 
-def grid_stride(ratio: float) -> int:
-    """Regular grid sampling keeps one patch of every s x s cell: ratio = 1 - 1/s^2."""
-    s = round(1 / math.sqrt(1 - ratio))
-    if s < 2 or abs((1 - 1 / s ** 2) - ratio) > 1e-6:
-        raise ConfigError(f"grid masking needs a ratio of 1 - 1/s^2 (0.75, 0.888..., 0.9375), got {ratio}")
-    return s
-
-
 def grid_mask(batch: int, grid: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """Keep the top-left patch of every s x s cell (the same mask for every image, Figure 6 right)."""
-    s = grid_stride(ratio)
-    if grid % s:
-        raise ConfigError(f"grid masking with stride {s} needs a patch grid divisible by {s}, got {grid}")
+    s = check_grid(grid, ratio)
     keep = torch.zeros(grid, grid, dtype=torch.bool)
     keep[::s, ::s] = True
-    if int(keep.sum()) != grid * grid - num_masked(grid * grid, ratio):
-        raise ConfigError(f"grid masking at ratio {ratio} does not fit a {grid}x{grid} patch grid")
     return (~keep).flatten().unsqueeze(0).expand(batch, -1).clone()
 
 

@@ -13,16 +13,8 @@ from torch import nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-# Encoder sizes, timm-style registry. Every entry is exercised by tests/test_model.py.
-ARCHS: dict[str, dict] = {
-    "vit_tiny_patch4": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4),  # tiny preset, 16 px
-    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
-    # the rehearsal preset: ViT-L's 24 blocks and 16 px patches (every Figure 9 variant builds), 32 wide
-    "vit_rehearsal_patch16": dict(patch_size=16, embed_dim=32, depth=24, num_heads=4),
-}
+from core.archs import ARCHS
+from core.mask_rules import num_masked
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -117,7 +109,6 @@ class MAE(ViTEncoder):
             for _ in range(cfg.decoder_depth))
         self.decoder_norm = LayerNorm(dd)
         self.decoder_pred = nn.Linear(dd, pred_dim)
-        from core.masking import num_masked
         self.num_visible = self.num_patches - num_masked(self.num_patches, cfg.mask_ratio)
         self._init()
 

@@ -16,8 +16,11 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from core import checkpoint
 from core.checkpoint import atomic_write
+from core.config import _flat
 from core.errors import CheckpointError, Preempted, TrainingFailed, UserError
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@=-]{0,199}$")
@@ -131,9 +134,7 @@ def iter_records(results_dir: str):
 def load_records(results_dir: str):
     """All records as a pandas DataFrame: one row per run, metrics as `metric.<name>` columns and the
     resolved config as dotted columns (`model.mask_ratio`, ...)."""
-    import pandas as pd
-
-    from core.config import _flat
+    import pandas as pd  # heavy (~1 s to import here): only tables need it
 
     rows = []
     for rec in iter_records(results_dir):
@@ -228,8 +229,6 @@ def git_commit() -> str | None:
 
 
 def environment(device) -> dict:
-    import torch
-
     env = {"torch_version": torch.__version__, "device": str(device), "host": platform.node(), "pid": os.getpid(),
            "python": platform.python_version(), "git_commit": git_commit(),
            "torch_threads": torch.get_num_threads(), **job_fields()}

@@ -138,7 +138,7 @@ class Setting:
 S = Setting
 SETTINGS: dict[str, Setting] = {
     # ---- model: encoder (A.1), masking (section 3), decoder (Table 1a/1b), target (Table 1d)
-    "model.arch": S("encoder size, a key of core.model.ARCHS (ViT-B/L/H and tiny CPU variants)", TEXT, "A.1"),
+    "model.arch": S("encoder size, a key of core.archs.ARCHS (ViT-B/L/H and tiny CPU variants)", TEXT, "A.1"),
     "model.img_size": S("input resolution in pixels; a multiple of the patch size", ATLEAST1, "A.1"),
     "model.decoder_depth": S("decoder Transformer blocks (0: a linear head only)", NONNEG, "Table 1a"),
     "model.decoder_embed_dim": S("decoder width; a multiple of decoder_num_heads and of 4", ATLEAST1, "Table 1b"),
@@ -146,7 +146,7 @@ SETTINGS: dict[str, Setting] = {
     "model.mask_ratio": S("fraction of patches masked", Range(0, 1, True, True), "Figure 5"),
     "model.mask_strategy": S("how masked patches are sampled", OneOf(("random", "block", "grid")), "Table 1f"),
     "model.mask_token_in_encoder": S("feed mask tokens to the encoder (True) or skip them (paper)", FLAG, "Table 1c"),
-    "model.target": S("reconstruction target, a key of core.targets.TARGETS", TEXT, "Table 1d"),
+    "model.target": S("reconstruction target, one of core.target_names.TARGET_NAMES", TEXT, "Table 1d"),
     "model.loss_on_all_patches": S("loss on every patch instead of the masked ones only", FLAG, "section 4"),
     "model.pca_components": S("pca target: coefficients kept (0: patch dim / 8)", NONNEG, "Table 1d"),
     "model.pca_samples": S("pca target: training patches the basis is fitted on", ATLEAST1),

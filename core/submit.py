@@ -11,6 +11,7 @@ on those jobs). A unit that is done, or queued or running in a job, is never sub
 """
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import os
@@ -26,11 +27,23 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from core.checkpoint import atomic_write
-from core.errors import ConfigError, UserError
-from core.rehearsal import ensure_data
+import submitit
+from submitit.core.utils import JobPaths, pickle_load
+from submitit.slurm.slurm import SlurmInfoWatcher, _make_sbatch_string
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from core import results
+from core.ablation import select
+from core.checkpoint import atomic_write
+from core.cluster_checks import parse_time
+from core.cluster_job import ClusterJob
+from core.config import build_config
+from core.data import build_dataset
+from core.errors import UserError
+from core.flops import encoder_forward_flops, mae_forward_flops
+from core.model import ARCHS
+from core.rehearsal import ensure_data
+from core.sweep import make_plan
+from core.targets import build_target
 
 # Images per split where counting them would mean listing a million files: ImageNet-1k.
 IMAGENET_IMAGES = {"train": 1_281_167, "val": 50_000}
@@ -45,33 +58,6 @@ FLAGS = {"cluster": "executor", "partition": "partition", "account": "account", 
 
 
 # --------------------------------------------------------------------------- settings
-
-def parse_time(text: str) -> int:
-    """sbatch --time formats -> minutes: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
-    if not m:
-        raise ConfigError(f"cluster.time={text!r} is not an sbatch time (e.g. 48:00:00, 2-00:00:00, 90)")
-    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
-    if days is not None:  # D-H[:M[:S]]
-        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # H:M:S
-        seconds = a * 3600 + b * 60 + c
-    elif b is not None:  # M:S
-        seconds = a * 60 + b
-    else:  # M
-        seconds = a * 60
-    if seconds < 60:
-        raise ConfigError(f"cluster.time={text!r} is less than a minute")
-    return math.ceil(seconds / 60)
-
-
-def check_cluster_config(cl) -> None:
-    """Called by core.config.validate: what types and ranges cannot say."""
-    parse_time(cl.time)
-    for item in cl.sbatch:
-        if not isinstance(item, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*=.*", item):
-            raise ConfigError(f"cluster.sbatch item {item!r} is not KEY=VALUE (KEY= for a flag)")
-
 
 def flag_overrides(args) -> list[str]:
     """The submit command's flags as cluster.* overrides (repr: an account named 1234 stays text)."""
@@ -137,20 +123,16 @@ def make_folder(folder: str, what: str) -> None:
 def images(cfg, split: str) -> int:
     if cfg.data.dataset == "imagefolder":
         return IMAGENET_IMAGES[split]
-    from core.data import build_dataset
     return len(build_dataset(cfg.data, split, cfg.model.img_size))
 
 
 @lru_cache(maxsize=None)
 def _mae_flops(model_cfg, data_cfg) -> int:
-    from core.flops import mae_forward_flops
-    from core.targets import build_target
     return mae_forward_flops(model_cfg, build_target(model_cfg, data_cfg).dim)
 
 
 @lru_cache(maxsize=None)
 def _encoder_flops(arch: str, img_size: int) -> int:
-    from core.flops import encoder_forward_flops
     return encoder_forward_flops(arch, img_size)
 
 
@@ -160,7 +142,6 @@ def unit_flops(unit) -> float | None:
     cfg, e = unit.cfg, unit.cfg.eval
     if unit.kind == "pretrain":
         return 3.0 * _mae_flops(cfg.model, cfg.data) * images(cfg, "train") * cfg.pretrain.epochs
-    from core.model import ARCHS
     enc = _encoder_flops(cfg.model.arch, cfg.model.img_size)
     train, val = images(cfg, "train"), images(cfg, "val")
     if unit.kind == "knn":  # one forward pass over both splits
@@ -226,8 +207,6 @@ def job_states(entries: list[dict]) -> dict[str, str]:
 
 
 def _slurm_states(ids: list[str], cancelled: set) -> dict[str, str]:
-    import getpass
-
     if not shutil.which("squeue"):
         return {jid: "UNKNOWN (no SLURM here)" for jid in ids}
     out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"], capture_output=True,
@@ -236,7 +215,6 @@ def _slurm_states(ids: list[str], cancelled: set) -> dict[str, str]:
     states = {jid: queued[jid] for jid in ids if jid in queued}
     ended = [jid for jid in ids if jid not in queued]
     if ended and shutil.which("sacct"):
-        from submitit.slurm.slurm import SlurmInfoWatcher
         watcher = SlurmInfoWatcher(delay_s=0)
         for jid in ended:
             watcher.register_job(jid)
@@ -259,11 +237,9 @@ def _local_state(entry: dict) -> str:
                 return "RUNNING"
     except (OSError, ValueError):
         pass
-    from submitit.core.utils import JobPaths
     result = JobPaths(entry["job_dir"], entry["job_id"], 0).result_pickle
     if not result.exists():
         return "ENDED"  # killed without a result
-    from submitit.core.utils import pickle_load
     try:
         return "COMPLETED" if pickle_load(result)[0] == "success" else "FAILED"
     except Exception:  # noqa: BLE001 - an unreadable result is no result
@@ -329,9 +305,7 @@ def slurm_parameters(cfg, stage: str, n_tasks: int, dependency: str | None = Non
     cl = cfg.cluster
     p = {"job_name": f"mae-{cfg.run.preset}-{stage}", "time": parse_time(cl.time), "nodes": cl.nodes,
          "ntasks_per_node": tasks_per_node(cl), "cpus_per_task": cl.cpus_per_task,
-         "signal_delay_s": cl.signal_delay_s, "array_parallelism": cl.array_parallelism,
-         # jobs import core/ from this checkout whatever their working folder
-         "setup": [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]}
+         "signal_delay_s": cl.signal_delay_s, "array_parallelism": cl.array_parallelism}
     if cl.gpus_per_node:
         p["gpus_per_node"] = cl.gpus_per_node
     for key in ("partition", "account", "qos", "constraint", "mem"):
@@ -349,7 +323,6 @@ def slurm_parameters(cfg, stage: str, n_tasks: int, dependency: str | None = Non
 
 def sbatch_text(cfg, folder: str, params: dict, n_tasks: int) -> str:
     """The batch script submitit would write (its own generator, so the dry run cannot drift)."""
-    from submitit.slurm.slurm import _make_sbatch_string
     python = cfg.cluster.python or shlex.quote(sys.executable)
     command = f"{python} -u -m submitit.core._submit {shlex.quote(folder)}"
     return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks if n_tasks > 1 else None,
@@ -384,10 +357,6 @@ def preflight(text: str, dry_run: bool = False, log=print) -> None:
 def submit(names: list[str], preset: str, seeds: int, overrides: list[str], *, dry_run: bool = False,
            log=print) -> list[Array]:
     """`run_all.py submit`: every check that needs no plan first, so bad input costs nothing."""
-    from core.ablation import select
-    from core.config import build_config
-    from core.sweep import make_plan
-
     cfg = build_config(preset, overrides)
     executor = prepare(cfg, dry_run)
     if not dry_run:  # the rehearsal's JPEG folder, on the filesystem the jobs share, before the plan:
@@ -413,8 +382,6 @@ def prepare(cfg, dry_run: bool = False) -> str:
 
 
 def submit_plan(plan, cfg, executor: str, *, dry_run: bool = False, log=print) -> list[Array]:
-    from core import results
-
     folder = job_dir(cfg)
     data = load_jobs(cfg)
     live = live_jobs(data)
@@ -475,7 +442,6 @@ def _ids(ids: list[str]) -> str:
 
 
 def make_executor(cfg, executor: str, folder: str):
-    import submitit
     cl = cfg.cluster
     if executor == "debug":
         return submitit.DebugExecutor(folder)
@@ -485,16 +451,13 @@ def make_executor(cfg, executor: str, folder: str):
 
 
 def run_array(cfg, a: Array, executor: str, folder: str) -> None:
-    from core.cluster_job import ClusterJob
-
     cl = cfg.cluster
     ex = make_executor(cfg, executor, folder)
     if executor == "slurm":
         ex.update_parameters(**slurm_parameters(cfg, a.stage, len(a.tasks), a.dependency()))
     elif executor == "local":
         ex.update_parameters(timeout_min=parse_time(cl.time), tasks_per_node=tasks_per_node(cl),
-                             gpus_per_node=cl.gpus_per_node, signal_delay_s=cl.signal_delay_s,
-                             setup=slurm_parameters(cfg, a.stage, 1)["setup"])
+                             gpus_per_node=cl.gpus_per_node, signal_delay_s=cl.signal_delay_s)
     fns = [ClusterJob(cfg.run.preset, task, cl.max_requeues, cl.signal_delay_s) for task in a.tasks]
     try:
         jobs = ex.submit_array(fns)
@@ -570,8 +533,6 @@ def plan_jobs(plan, cfg) -> tuple[dict, dict[str, dict]]:
 def unit_jobs(plan, cfg) -> tuple[dict[str, dict], dict[str, str]]:
     """({run id: its job as core.sweep.unit_status reads it}, {job id: state}) for this plan's
     units that `submit` sent to jobs (the newest job of each)."""
-    from submitit.core.utils import JobPaths
-
     data, jobs = plan_jobs(plan, cfg)
     states = job_states(list(jobs.values())) if jobs else {}
     out = {}

@@ -7,14 +7,19 @@ do so by run id. Cluster submission (core/submit.py) executes the very same plan
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from core import results
 from core.ablation import PAPER_PRESET, Ablation
 from core.config import SCALED, Config, build_config, flat_dict
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
+from core.eval import eval_run_id, evaluate, scratch
 from core.fingerprint import resolve as resolve_dataset
+from core.progress import duration
+from core.train import pretrain
 
 
 @dataclass
@@ -67,8 +72,6 @@ def seed_overrides(seed: int) -> dict:
 
 def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=()) -> Plan:
     """Expand ablation x variant x seed; CLI overrides apply to the baseline, variants on top."""
-    from core.eval import eval_run_id
-
     if seeds < 1:
         raise UserError(f"--seeds must be a positive number, got {seeds}")
     build_config(preset, overrides)  # a bad override is an error, not an unavailable variant
@@ -131,7 +134,7 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
     reasons = {} if reasons is None else reasons
     caught = Exception if keep_going else TrainingFailed
     if pretrain_fn is None:
-        from core.train import pretrain as pretrain_fn
+        pretrain_fn = pretrain
     if eval_fn is None:
         eval_fn = run_evaluation
     for cell in plan.unavailable:
@@ -184,8 +187,6 @@ def check_ran_as_planned(unit: Unit, rec: dict) -> None:
 
 
 def run_evaluation(cfg: Config, protocol: str, *, run_id: str | None, progress: bool = True) -> dict:
-    from core.eval import evaluate, scratch
-
     if protocol == "scratch":
         return scratch(cfg, progress=progress)
     return evaluate(cfg, protocol, run_id=run_id, progress=progress)
@@ -229,8 +230,6 @@ def unit_status(rec: dict | None, job: dict | None = None) -> tuple[str, str | N
 
 def _alive(rec: dict) -> bool:
     """A 'running' record of a process on this host that no longer exists was interrupted."""
-    import platform
-
     if rec.get("host") != platform.node() or not rec.get("pid"):
         return True  # another machine: trust the record
     try:
@@ -293,8 +292,6 @@ def sweep_status(plan: Plan, results_dir: str, jobs: dict | None = None,
 
 
 def _seconds_until(stamp: str | None) -> float | None:
-    from datetime import datetime, timezone
-
     if not stamp:
         return None
     try:
@@ -305,8 +302,6 @@ def _seconds_until(stamp: str | None) -> float | None:
 
 def running_line(st: UnitStatus) -> str:
     """`pt-... (mask_ratio/0.5): epoch 3/15, loss 0.4123, 812 img/s, ETA 0:00:40 (at 23:50:02 UTC)`."""
-    from core.progress import duration
-
     rec, who = st.record or {}, ", ".join(sorted({f"{a}/{v}" for a, v, _ in st.unit.users}))
     p = rec.get("progress")
     parts = []

@@ -16,6 +16,7 @@ import time
 import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from core import checkpoint, results, runlock
@@ -25,8 +26,10 @@ from core.data import (EpochLoader, Transformed, build_dataset, check_dataset_pa
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
 from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
-from core.errors import CheckpointError, DataError, Preempted, TrainingFailed
+from core.errors import CheckpointError, DataError, Preempted, TrainingFailed, UserError
+from core.ffcv.loaders import ffcv_pretrain_loader
 from core.fingerprint import resolve as resolve_dataset
+from core.flops import mae_forward_flops
 from core.masking import make_mask
 from core.model import MAE
 from core.progress import Progress, show_bar, tensorboard_dir
@@ -157,7 +160,6 @@ class _Run:
         self.scaler = grad_scaler(self.precision, device)
         self.step_fn = self.model
         if dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             self.step_fn = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if p.compile:
             self.step_fn = torch.compile(self.step_fn)
@@ -170,7 +172,6 @@ class _Run:
     def _loader(self, train_set):
         cfg = self.cfg
         if cfg.data.backend == "ffcv":
-            from core.ffcv_data import ffcv_pretrain_loader
             return ffcv_pretrain_loader(cfg, self.micro_batch, self.dist)
         tf = pretrain_transform(cfg.data.augmentation, cfg.model.img_size, cfg.data.mean, cfg.data.std)
         return EpochLoader(Transformed(train_set, tf), self.micro_batch, cfg.pretrain.seed, shuffle=True,
@@ -231,7 +232,6 @@ class _Run:
         cfg, p = self.cfg, self.cfg.pretrain
         self.time_before, self.images_seen, self.skipped = 0.0, 0, 0
         self.resumed_from = self.resume()
-        from core.flops import mae_forward_flops
         flops = mae_forward_flops(cfg.model, self.target.dim)
         self.env, self.started = results.environment(self.device), results.now()
         self.write_record("running")
@@ -350,8 +350,6 @@ class _Run:
 
 def load_pretrained_encoder(cfg: Config, run_id: str | None = None):
     """(config, encoder state dict) of a finished pretraining run: for the evaluations."""
-    from core.errors import UserError
-
     run_id = results.check_id(run_id or cfg.run_id())
     rec = results.read_record(cfg.run.results_dir, run_id)
     if rec is None:

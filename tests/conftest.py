@@ -1,11 +1,9 @@
 """Shared fixtures: every test writes into its own temporary results and work folders."""
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # Fast settings for the unit tests: synthetic gratings, a couple of short epochs.
 FAST = ["data.dataset=synthetic", "data.synthetic_size=256", "pretrain.epochs=2", "pretrain.warmup_epochs=1",

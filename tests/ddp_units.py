@@ -17,19 +17,16 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run as a script
+import pytest
+import torch
+import torch.distributed
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed  # noqa: E402
-
-from core import results  # noqa: E402
-from core.ablation import load_all  # noqa: E402
-from core.config import apply_overrides, build_config  # noqa: E402
-from core.eval import eval_run_id  # noqa: E402
-from core.sweep import Plan, Unit, make_plan, run_plan  # noqa: E402
-from core.train import pretrain  # noqa: E402
+from core import results
+from core.ablation import load_all
+from core.config import apply_overrides, build_config
+from core.eval import eval_run_id
+from core.sweep import Plan, Unit, make_plan, run_plan
+from core.train import pretrain
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -21,7 +21,7 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
 @pytest.fixture(scope="session")
 def ffcv():
-    from core.ffcv_data import require_ffcv
+    from core.ffcv.optional import require_ffcv
 
     try:
         return require_ffcv()
@@ -64,7 +64,7 @@ def make_folder(root, n, sizes, classes=3, seed=0):
 @pytest.fixture(scope="module")
 def betons(ffcv, tmp_path_factory):
     """SRC/train and SRC/val of varied sizes and aspect ratios, written as OUT/{train,val}.beton."""
-    from core.ffcv_data import convert
+    from core.ffcv.writer import convert
 
     tmp = tmp_path_factory.mktemp("ffcv")
     sizes = [(40, 56), (64, 48), (36, 36), (50, 70)]
@@ -109,7 +109,9 @@ def unnormalise(x):
 
 @pytest.mark.timeout(300)
 def test_labels_and_pixels_round_trip(ffcv, tmp_path):
-    from core.ffcv_data import BetonImages, FFCVEpochLoader, read_sidecar, write_beton
+    from core.ffcv.beton import BetonImages, read_sidecar
+    from core.ffcv.loaders import FFCVEpochLoader
+    from core.ffcv.writer import write_beton
 
     imgs, labels = make_folder(tmp_path / "src", 20, [(SIZE, SIZE)], classes=4)
     raw, jpg = str(tmp_path / "raw.beton"), str(tmp_path / "jpg.beton")
@@ -138,28 +140,19 @@ def test_labels_and_pixels_round_trip(ffcv, tmp_path):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["none", "crop_fixed", "crop_rand", "crop_color_jitter", "val", "linprobe"])
+@pytest.mark.parametrize("kind", ["none", "crop_fixed", "crop_rand", "crop_color_jitter"])
 def test_every_augmentation_set_in_both_backends(betons, kind):
-    from core.data import (EpochLoader, ImageFolderImages, Transformed, eval_transform, linprobe_train_transform,
-                           pretrain_transform)
-    from core.ffcv_data import FFCVEpochLoader, ffcv_eval_loader, ffcv_pretrain_loader
+    from core.data import EpochLoader, ImageFolderImages, Transformed, pretrain_transform
+    from core.ffcv.loaders import FFCVEpochLoader, ffcv_pretrain_loader
 
-    cfg = ffcv_cfg(betons / "out", f"data.augmentation='{kind if kind not in ('val', 'linprobe') else 'none'}'")
-    split = "val" if kind == "val" else "train"
-    deterministic = kind in ("none", "val")
-    if kind == "val":
-        tf = eval_transform(SIZE, MEAN, STD)
-        fast = ffcv_eval_loader(cfg, "val", "val", 8)
-    elif kind == "linprobe":
-        tf = linprobe_train_transform(SIZE, MEAN, STD)
-        fast = ffcv_eval_loader(cfg, "train", "linprobe", 8)
-    else:
-        tf = pretrain_transform(kind, SIZE, MEAN, STD)
-        fast = (FFCVEpochLoader(str(betons / "out" / "train.beton"), kind, SIZE, 8, mean=MEAN, std=STD, shuffle=False,
-                                num_workers=2) if deterministic else ffcv_pretrain_loader(cfg, 8))
-    ref = EpochLoader(Transformed(ImageFolderImages(str(betons / "src" / split)), tf), 8, seed=0,
+    cfg = ffcv_cfg(betons / "out", f"data.augmentation='{kind}'")
+    deterministic = kind == "none"
+    tf = pretrain_transform(kind, SIZE, MEAN, STD)
+    fast = (FFCVEpochLoader(str(betons / "out" / "train.beton"), kind, SIZE, 8, mean=MEAN, std=STD, shuffle=False,
+                            num_workers=2) if deterministic else ffcv_pretrain_loader(cfg, 8))
+    ref = EpochLoader(Transformed(ImageFolderImages(str(betons / "src" / "train")), tf), 8, seed=0,
                       shuffle=not deterministic)
-    assert fast.steps_per_epoch == ref.steps_per_epoch == (3 if split == "val" else 12)
+    assert fast.steps_per_epoch == ref.steps_per_epoch == 12
     a, b = next(iter(fast.epoch(0))), next(iter(ref.epoch(0)))
     for x, y, skipped in (a, b):
         check_batch(x, y, 8)
@@ -177,7 +170,7 @@ def test_every_augmentation_set_in_both_backends(betons, kind):
 
 @pytest.mark.timeout(300)
 def test_order_and_views_are_seeded_and_resume_mid_epoch(betons):
-    from core.ffcv_data import FFCVEpochLoader
+    from core.ffcv.loaders import FFCVEpochLoader
 
     path = str(betons / "out" / "train.beton")
     kw = dict(mean=MEAN, std=STD, seed=3)
@@ -197,9 +190,9 @@ def test_order_and_views_are_seeded_and_resume_mid_epoch(betons):
 def test_pipeline_never_normalises_after_totensor_so_the_loader_cannot_hang(betons):
     from ffcv.transforms import NormalizeImage, ToTensor
 
-    from core.ffcv_data import FFCVEpochLoader, image_pipeline
+    from core.ffcv.loaders import FFCVEpochLoader, image_pipeline
 
-    for kind in ("none", "crop_fixed", "crop_rand", "crop_color_jitter", "val", "linprobe"):
+    for kind in ("none", "crop_fixed", "crop_rand", "crop_color_jitter"):
         ops = image_pipeline(kind, SIZE, 0, MEAN, STD)
         first_tensor = next(i for i, op in enumerate(ops) if isinstance(op, ToTensor))
         assert not any(isinstance(op, NormalizeImage) for op in ops[first_tensor:]), kind
@@ -249,13 +242,14 @@ def test_damaged_or_missing_beton_and_empty_source_are_one_line_errors(ffcv, bet
         assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], (argv, err)
     assert not (tmp_path / "results").exists() and not (tmp_path / "work").exists()
     assert not (tmp_path / "e.beton").exists() and not (tmp_path / "e").exists()
-    from core.ffcv_data import ffcv_eval_loader
+    from core.ffcv.beton import beton_path
     with pytest.raises(DataError, match="single .beton .* needs data.path=DIR"):  # evaluation needs val too
-        ffcv_eval_loader(ffcv_cfg(good), "val", "val", 8)
+        beton_path(ffcv_cfg(good).data, "val")
 
 
 def test_unreadable_images_are_skipped_or_named(ffcv, tmp_path):
-    from core.ffcv_data import BetonImages, read_sidecar, write_beton
+    from core.ffcv.beton import BetonImages, read_sidecar
+    from core.ffcv.writer import write_beton
 
     make_folder(tmp_path / "src", 6, [(20, 24)], classes=2)
     (tmp_path / "src" / "class1" / "broken.jpg").write_bytes(b"not a jpeg at all")
@@ -276,14 +270,15 @@ def test_a_writer_worker_that_dies_is_an_error_not_a_hang(ffcv, tmp_path, monkey
     watchdog interrupted the main thread with SIGINT and so never fired there."""
     import signal
 
-    import core.ffcv_data as F
+    import core.ffcv.watchdog as W
+    import core.ffcv.writer as F
 
     make_folder(tmp_path / "src", 4, [(20, 24)], classes=2)
     if when == "reading":
         monkeypatch.setattr(F._FolderForWriter, "__getitem__", lambda self, i: os._exit(3))
     else:
-        real_put = F._WatchedQueue.put
-        monkeypatch.setattr(F._WatchedQueue, "put", lambda self, obj, *a, **k: os._exit(3)
+        real_put = W.WatchedQueue.put
+        monkeypatch.setattr(W.WatchedQueue, "put", lambda self, obj, *a, **k: os._exit(3)
                             if os.getpid() != self._owner else real_put(self, obj, *a, **k))
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -295,7 +290,7 @@ def test_a_writer_worker_that_dies_is_an_error_not_a_hang(ffcv, tmp_path, monkey
 
 
 def test_without_ffcv_the_backend_is_a_one_line_error_with_the_install_hint(fast_cfg, monkeypatch, tmp_path):
-    import core.ffcv_data as F
+    import core.ffcv.optional as F
     from core.train import pretrain
 
     def missing():

@@ -9,11 +9,9 @@ import time
 
 from core import runlock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {root!r})
     from core import runlock
     with runlock.hold(sys.argv[1], "pt-x"):
         print("holding", flush=True)
@@ -22,7 +20,7 @@ HOLDER = textwrap.dedent("""
 
 
 def start_holder(run_dir, seconds):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=ROOT), str(run_dir), str(seconds)],
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), str(seconds)],
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "holding"
     return p
@@ -59,7 +57,6 @@ def test_the_marker_fallback_removes_a_dead_local_holders_marker(tmp_path, monke
 
 SWEEP = textwrap.dedent("""
     import os, sys
-    sys.path.insert(0, {root!r})
     import core.eval, core.train
     from core.ablation import Ablation
     from core.sweep import make_plan, run_plan
@@ -91,7 +88,7 @@ def test_the_same_sweep_started_twice_at_once_runs_each_unit_once(tmp_path):
             "data.synthetic_size=64",
             f"run.results_dir={tmp_path / 'results'}", f"run.work_dir={tmp_path / 'work'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", SWEEP.format(root=ROOT), str(marks), *args], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", SWEEP.format(), str(marks), *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):

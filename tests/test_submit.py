@@ -16,7 +16,7 @@ from core.cluster_job import ClusterJob
 from core.config import build_config
 from core.errors import ConfigError, UserError
 from core.sweep import Plan, Unit
-from tests.conftest import FAST
+from tests.conftest import FAST, ROOT
 
 try:  # one fixture module object, also when pytest put only tests/ on sys.path
     import tests.slurm_fixture  # noqa: F401
@@ -115,8 +115,20 @@ def test_sbatch_settings_follow_the_config():
                  "--dependency=aftercorr:7", "--kill-on-invalid-dep=yes", "--requeue", "--exclusive",
                  "--mail-type=END"):
         assert f"#SBATCH {line}\n" in text, line
-    assert f"export PYTHONPATH={submit.ROOT}" in text and "gpus_per_node" not in submit.slurm_parameters(
-        tiny("/x"), "pretrain", 1)
+    assert "gpus_per_node" not in submit.slurm_parameters(tiny("/x"), "pretrain", 1)
+    # the job runs this interpreter, which imports the installed suite: no PYTHONPATH is set
+    assert f"{sys.executable} -u -m submitit.core._submit /shared/jobs" in text and "PYTHONPATH" not in text
+
+
+def test_the_jobs_interpreter_imports_this_checkout_from_any_folder(tmp_path):
+    """Jobs start `python -m submitit.core._submit` in the folder `submit` ran from, with no sys.path
+    or PYTHONPATH edits: the suite must be installed in that python (make install: pip install -e .)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", "import ablations, core, plots; print(core.__file__)"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"the suite is not installed in {sys.executable}: run make install\n{out.stderr[-300:]}"
+    assert Path(out.stdout.strip()).resolve() == Path(ROOT, "core", "__init__.py").resolve(), \
+        f"{sys.executable} imports another checkout's core ({out.stdout.strip()}): make install here"
 
 
 def test_requeue_count_is_bounded(monkeypatch):

@@ -19,10 +19,15 @@ from core.config import build_config
 from core.data import build_dataset
 from core.errors import UserError
 from core.model import patchify
-from core.targets import build_target
+from core.target_names import TARGET_NAMES
+from core.targets import TARGETS, build_target
 from core.targets.hog import BINS, HOGTarget
 
 CPU = torch.device("cpu")
+
+
+def test_config_checks_against_every_target_by_name():
+    assert tuple(TARGETS) == TARGET_NAMES  # config checks model.target against the torch-free names
 
 
 def norm_images(cfg, n=8, split="train"):

@@ -234,8 +234,7 @@ class FakeDDP(torch.nn.Module):
 def test_ddp_accumulation_syncs_gradients_only_on_the_last_micro_step(fast_cfg, monkeypatch):
     import core.train
     made = []
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
-                        lambda module, **k: made.append(FakeDDP(module, **k)) or made[-1])
+    monkeypatch.setattr(core.train, "DDP", lambda module, **k: made.append(FakeDDP(module, **k)) or made[-1])
     monkeypatch.setattr(core.train, "init_distributed", lambda device: DistInfo(rank=0, world=2, local_rank=0))
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda *a, **k: None)  # the stop-flag vote
     rec = pretrain(fast_cfg("data.synthetic_size=64", "pretrain.batch_size=16", "pretrain.epochs=1",

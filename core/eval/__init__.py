@@ -23,6 +23,7 @@ from core.eval.common import (KINDS, PROTOCOLS, Record, Session, check_protocol,
                               eval_run_id, load_init, session)
 from core.fingerprint import resolve as resolve_dataset
 from core.progress import tensorboard_dir
+from core.train import StopFlag, load_pretrained_encoder
 
 __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
 
@@ -56,7 +57,6 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
         return done
     check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
     if state is None:
-        from core.train import load_pretrained_encoder
         state = load_pretrained_encoder(cfg, parent)[1]
     if eval_only:
         return _run(cfg, protocol, eid, parent, state, progress, {**extra, "eval_only": True}, finetune.classify)
@@ -121,8 +121,6 @@ def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra:
 
 
 def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict, runner=None) -> dict:
-    from core.train import StopFlag
-
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", 0)))
     precision = resolve_precision(cfg.pretrain.precision, device)
     data = eval_data(cfg)  # a missing or damaged split is an error before anything is written

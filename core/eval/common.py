@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_pil_image
 from tqdm import tqdm
@@ -386,7 +387,6 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
         history[f"val_top1{name}"], history[f"val_top5{name}"] = [], []
     step_fn = model
     if ses.dist.world > 1 and any(p.requires_grad for p in model.parameters()):
-        from torch.nn.parallel import DistributedDataParallel as DDP
         step_fn = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     start_epoch, start_step, step = 0, 0, 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

@@ -13,7 +13,6 @@ import pandas as pd
 
 from core.ablation import Ablation, select
 from core.config import build_config
-from core.errors import UserError
 from core.results import load_records
 from core.sweep import STATES, make_plan, unit_state
 
@@ -255,9 +254,3 @@ def _number(v) -> float:
     except (TypeError, ValueError):
         return math.nan
     return v if math.isfinite(v) else math.nan
-
-
-def require_records(res: Results) -> None:
-    if not res.records:
-        raise UserError(f"no run records in {res.results_dir}/runs; run some first "
-                        f"(python run_all.py run NAME --preset {res.preset})")

@@ -19,7 +19,7 @@ NAME = "Welch's t interval (95 %, Welch-Satterthwaite degrees of freedom)"
 def welch(a, b):
     """(t, degrees of freedom, two-sided p) of Welch's unequal-variance t-test, or None when a side
     has one value or neither side varies."""
-    from scipy import stats
+    from scipy import stats  # heavy (~3 s to import here): only confidence intervals need it
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2:
@@ -40,7 +40,7 @@ def contrast_ci(groups, weights, level: float = LEVEL):
     Student's t with Welch-Satterthwaite degrees of freedom; for two groups with weights (1, -1)
     it is exactly the interval of Welch's t-test. None when a group has fewer than two values.
     Without any spread the interval is the estimate itself."""
-    from scipy import stats
+    from scipy import stats  # heavy (~3 s to import here): only confidence intervals need it
 
     groups = [np.asarray(g, float) for g in groups]
     if any(len(g) < 2 for g in groups):
@@ -63,7 +63,7 @@ def diff_ci(a, b, level: float = LEVEL):
 
 def halfwidth(std, n, level: float = LEVEL):
     """Half-width of the t interval of a mean from its sample std and n (arrays work): 0 for n < 2."""
-    from scipy import stats
+    from scipy import stats  # heavy (~3 s to import here): only confidence intervals need it
 
     std, n = np.nan_to_num(np.asarray(std, float)), np.asarray(n, float)
     t = stats.t.ppf((1 + level) / 2, np.maximum(n - 1, 1))

@@ -18,7 +18,7 @@ MODEL_NAMES = {"vit_base_patch16": "ViT-B/16", "vit_large_patch16": "ViT-L/16", 
 def load_paper(path: str = PAPER_CSV):
     """The reference as a DataFrame with a `key` naming each row uniquely (source/ablation/model/
     variant/metric), so a test can check that every row is shown exactly once."""
-    import pandas as pd
+    import pandas as pd  # heavy (~1 s to import here): only tables need it
 
     try:
         df = pd.read_csv(path, dtype={"variant": str, "model": str, "source": str, "ablation": str})

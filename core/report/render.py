@@ -46,7 +46,7 @@ def latex(t) -> str:
 
 def write_tables(tables, out_dir: str) -> list[str]:
     """<out_dir>/<table id>.{md,tex,csv} for every table, and all.csv with every table's rows."""
-    import pandas as pd
+    import pandas as pd  # heavy (~1 s to import here): only tables need it
 
     try:
         os.makedirs(out_dir, exist_ok=True)

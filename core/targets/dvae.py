@@ -36,10 +36,13 @@ from tqdm import tqdm
 from core import results
 from core.checkpoint import atomic_write
 from core.config import config_hash
-from core.data import EpochLoader, Transformed, build_dataset, collate_skipping, eval_transform, pretrain_transform
+from core.data import (EpochLoader, Transformed, build_dataset, check_dataset_path, collate_skipping, eval_transform,
+                       pretrain_transform)
+from core.device import resolve_device
 from core.errors import DataError, TrainingFailed, UserError
+from core.model import ARCHS, patchify
 from core.progress import Progress, show_bar, tensorboard_dir
-from core.targets import Target, cross_entropy_patch_loss, load_cached
+from core.targets.base import Target, cross_entropy_patch_loss, load_cached
 from core.targets.pca import dataset_identity
 
 DOWN = 8  # tokenizer downsampling: one token per DOWN x DOWN pixels of its view
@@ -251,10 +254,6 @@ def prepare_tokenizer(dataset, model_cfg, data_cfg, patch: int, cache_dir: str, 
 def tokenizer_job(cfg, progress: bool = True) -> dict:
     """`run_all.py tokenizer`: train (or find) the tokenizer a dvae_token run of `cfg` uses; its
     record goes to cfg.run.results_dir, its weights to the cache every pretraining run reads."""
-    from core.data import check_dataset_path
-    from core.device import resolve_device
-    from core.model import ARCHS
-
     if cfg.model.dvae_path:
         raise UserError(f"model.dvae_path={cfg.model.dvae_path} is set: DALL-E's encoder needs no training")
     check_dataset_path(cfg.data)
@@ -472,7 +471,6 @@ class DVAETokenTarget(Target):
         """The in-suite tokenizer decodes the predicted codes back into a picture."""
         if self.tokenizer is None:
             return None
-        from core.model import patchify
 
         tokens = pred.argmax(dim=-1).view(-1, self.grid, self.grid)
         return patchify(resize(self.tokenizer.decode(tokens), imgs.shape[-1]), self.patch_size)

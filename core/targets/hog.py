@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.targets import Target
+from core.targets.base import Target
 
 BINS = 9
 CELLS = 2  # cells per patch side

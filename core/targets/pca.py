@@ -19,7 +19,7 @@ from core.config import config_hash
 from core.data import Transformed, collate_skipping, pretrain_transform, sample_seed
 from core.errors import DataError
 from core.model import patchify
-from core.targets import Target, load_cached
+from core.targets.base import Target, load_cached
 
 MIN_PATCHES_PER_IMAGE = 16  # on ImageNet: 100k patches from ~6k images rather than 100k decodes
 SEED = 0  # the basis belongs to the data, not to a run: runs of every pretrain.seed share it
