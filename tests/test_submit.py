@@ -428,3 +428,51 @@ def test_a_variant_failing_at_run_time_is_failed_with_its_reason_and_its_evaluat
     assert row.split()[1:] == ["2", "0", "0", "0", "0", "1", "0", "1", "0"]  # pixel + its kNN done
     logs = Path(results.read_record(cfg.run.results_dir, pixel.run_id)["job_stdout"]).read_text()
     assert f"pretrain {pixel.run_id} epoch 1/1 done step 8/8 loss " in logs  # a log a user can tail
+
+
+def sacct_times(*job_ids) -> dict:
+    """{job id: (start, end)} from SLURM's accounting (ISO times, second resolution)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,Start,End", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=60).stdout
+    return {j: (s, e) for j, s, e in (ln.split("|") for ln in out.split()) if j in job_ids}
+
+
+def test_target_sweep_trains_its_tokenizer_once_before_its_users(slurm_cluster, tmp_path, capsys):
+    """`submit target` with no manual tokenizer step: the tokenizer and the PCA basis are a `prepare`
+    array; the runs reading each start after its task (afterok), by SLURM's accounting and by the
+    records' times; the tokenizer is trained once; `status` shows its unit."""
+    from core.ablation import select
+    from core.sweep import make_plan
+
+    overrides = FAST + ["pretrain.epochs=1", "pretrain.warmup_epochs=0", "model.dvae_epochs=1",
+                        "eval.linprobe.epochs=1", "eval.linprobe.warmup_epochs=0", "eval.linprobe.batch_size=64",
+                        "eval.knn.k=5", f"run.results_dir={tmp_path}/results", f"run.work_dir={tmp_path}/work"]
+    code, out, err = cli(capsys, "submit", "target", "--cluster", "slurm", "--cpus-per-task", "1", *overrides)
+    assert code == 0, err
+    cfg = build_config("tiny", overrides + ["cluster.cpus_per_task=1"])
+    plan = make_plan(select(["target"]), "tiny", 1, overrides)
+    data = submit.load_jobs(cfg)
+    arrays = data["submissions"][0]["arrays"]
+    assert arrays[0]["stage"] == "prepare" and arrays[0]["dependency"] is None, arrays
+    every = [j for a in arrays for j in a["job_ids"]]
+    states = wait_ended(cfg, every, slurm_cluster, timeout=420)
+    assert set(states.values()) == {"COMPLETED"}, log_tails(cfg)
+    times = sacct_times(*every)
+    [tok] = [u for u in plan.artifacts if u.kind == "tokenizer"]
+    users = [u for u in plan.pretrains if u.needs == tok.run_id]
+    assert len(users) == 1 and len(plan.artifacts) == 2
+    tok_job = data["units"][tok.run_id]["job_id"]
+    tok_rec = results.read_record(cfg.run.results_dir, tok.run_id)
+    assert tok_rec["status"] == "done" and tok_rec["job_id"] == tok_job
+    for u in users:
+        job = data["units"][u.run_id]["job_id"]
+        [dep] = [a["dependency"] for a in arrays if job in a["job_ids"]]
+        assert dep == f"afterok:{tok_job}"
+        assert times[job][0] >= times[tok_job][1], times  # started after the tokenizer's job ended
+        assert results.read_record(cfg.run.results_dir, u.run_id)["started_at"] >= tok_rec["finished_at"]
+    logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(submit.job_dir(cfg), "*_log.out")))
+    assert logs.count("training the dVAE tokenizer") == 1, logs[-3000:]  # once, in its own unit
+    assert all(results.read_record(cfg.run.results_dir, rid)["status"] == "done" for rid in plan.units)
+    code, out, _ = cli(capsys, "status", "target", *overrides)
+    assert code == 0 and f"  {tok_job:<14} {'prepare':<9} {'COMPLETED':<12} {tok.run_id}\n" in out, out
+    print(f"tokenizer job {tok_job}: {times[tok_job]}; its users: {[times[data['units'][u.run_id]['job_id']] for u in users]}")
