@@ -470,7 +470,8 @@ def test_target_sweep_trains_its_tokenizer_once_before_its_users(slurm_cluster, 
         assert dep == f"afterok:{art_job}"
         assert times[job][0] >= times[art_job][1], times  # started after the artifact's job ended
         assert results.read_record(cfg.run.results_dir, user.run_id)["started_at"] >= art_rec["finished_at"]
-        print(f"{art.kind} job {art_job}: {times[art_job]}; {user.cfg.model.target} run job {job}: {times[job]}")
+        with capsys.disabled():  # shown with -s
+            print(f"{art.kind} job {art_job}: {times[art_job]}; {user.cfg.model.target} run job {job}: {times[job]}")
     logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(submit.job_dir(cfg), "*_log.out")))
     assert logs.count("training the dVAE tokenizer") == 1, logs[-3000:]  # once, in its own unit
     assert all(results.read_record(cfg.run.results_dir, rid)["status"] == "done" for rid in plan.units)
