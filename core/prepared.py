@@ -71,11 +71,10 @@ def prepare(cfg, kind: str, *, progress: bool = True) -> dict:
     if int(os.environ.get("RANK", 0)) != 0:
         return _wait_for_rank0(results_dir, rid, kind)
     base = {"kind": kind, "preset": cfg.run.preset, "config": cfg.to_dict(), "spec": artifact_spec(cfg, kind)}
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), results.now()
     with results.ending_recorded(results_dir, rid, **base):
-        results.write_record(results_dir, {"run_id": rid, **base, "status": "running", "started_at": results.now(),
+        results.write_record(results_dir, {"run_id": rid, **base, "status": "running", "started_at": started,
                                            "host": platform.node(), "pid": os.getpid(), **results.job_fields()})
-        started = results.read_record(results_dir, rid)["started_at"]
         if kind == "tokenizer":
             tok = tokenizer_job(cfg, progress=progress)
             made = {"artifact": tok["weights"], "tokenizer_id": tok["run_id"], "metrics": tok["metrics"]}
