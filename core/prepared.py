@@ -18,6 +18,7 @@ import time
 
 from core import results
 from core.config import config_hash
+from core.distributed import from_env
 from core.errors import TrainingFailed
 from core.model import ARCHS
 from core.targets import wait_s
@@ -68,9 +69,11 @@ def prepare(cfg, kind: str, *, progress: bool = True) -> dict:
     rec = results.read_record(results_dir, rid)
     if rec and rec.get("status") == "done" and os.path.isfile(rec.get("artifact") or ""):
         return rec
-    if int(os.environ.get("RANK", 0)) != 0:
+    dist = from_env()
+    if dist.rank != 0:
         return _wait_for_rank0(results_dir, rid, kind)
-    base = {"kind": kind, "preset": cfg.run.preset, "config": cfg.to_dict(), "spec": artifact_spec(cfg, kind)}
+    base = {"kind": kind, "preset": cfg.run.preset, "config": cfg.to_dict(), "spec": artifact_spec(cfg, kind),
+            "world_size": dist.world}  # the processes that ran the unit; rank 0 made the artifact
     t0, started = time.perf_counter(), results.now()
     with results.ending_recorded(results_dir, rid, **base):
         results.write_record(results_dir, {"run_id": rid, **base, "status": "running", "started_at": started,

@@ -89,6 +89,7 @@ def test_local_run_prepares_the_artifact_once_before_its_users(dirs, monkeypatch
 
 def test_a_rank_waiting_for_rank0_gives_up_in_one_line(fast_cfg, monkeypatch):
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MAE_PREPARE_WAIT_S", "0.3")
     cfg = fast_cfg("model.target=dvae_token")
     train = build_dataset(cfg.data, "train", cfg.model.img_size)
