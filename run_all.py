@@ -155,7 +155,8 @@ def cmd_run(args):
     cfg = build_config(args.preset, overrides)
     main = os.environ.get("RANK", "0") == "0"
     log = print if main or not rehearsal else (lambda *a: None)
-    log(f"{len(plan.pretrains)} pretraining runs and {len(plan.evals)} evaluations for "
+    prep = f"{len(plan.artifacts)} prepared artifact(s) (PCA basis, tokenizer) first, " if plan.artifacts else ""
+    log(f"{prep}{len(plan.pretrains)} pretraining runs and {len(plan.evals)} evaluations for "
         f"{len({c.ablation for c in plan.cells})} ablations at preset {args.preset}; records in "
         f"{os.path.join(cfg.run.results_dir, 'runs')}")
     reasons = {}

@@ -33,6 +33,7 @@ from core.distributed import export_launcher_env
 from core.errors import Preempted, TrainingFailed
 from core.sweep import Plan, run_evaluation, run_plan
 from core.train import pretrain
+from core.prepared import prepare
 
 
 class ClusterJob(submitit.helpers.Checkpointable):
@@ -83,7 +84,8 @@ class ClusterJob(submitit.helpers.Checkpointable):
         with DeferredRequeue() as deferred:
             try:
                 status = run_plan(plan, pretrain_fn=self._started(deferred.guard(pretrain)),
-                                  eval_fn=self._started(deferred.guard(run_evaluation)), log=log,
+                                  eval_fn=self._started(deferred.guard(run_evaluation)),
+                                  prepare_fn=self._started(deferred.guard(prepare)), log=log,
                                   progress=True)  # log lines into the job's log (no terminal: no bars)
             except Preempted as e:
                 log(f"preempted: {e}")

@@ -3,9 +3,9 @@
 Each worker is a fresh process with its share of the CPUs (core.device.configure_threads) that
 runs whole units through the very functions a serial run calls, so the records are the ones a
 serial run writes (with the same thread count per run: threads change float summation order).
-Dependencies are kept: an evaluation starts once its pretraining run is done. Pretraining runs
-that prepare a shared artifact (the PCA basis, the in-suite tokenizer) of one target run one at a
-time, so two workers never build the same artifact at once.
+Dependencies are kept: an evaluation starts once its pretraining run is done, a pretraining run
+once the artifact unit it reads (the PCA basis, the in-suite tokenizer: core.prepared) is done, so
+two workers never build the same artifact at once.
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 from core.device import configure_threads
 from core.errors import Preempted, TrainingFailed, UserError
-from core.sweep import check_ran_as_planned, run_evaluation
+from core.prepared import ARTIFACT_KINDS, prepare
+from core.sweep import check_ran_as_planned, needed_what, run_evaluation
 from core.train import pretrain
-
-PREPARED_TARGETS = ("pca", "dvae_token")  # targets whose first run fits or trains a cached artifact
 
 
 def _init_worker(jobs: int) -> None:
@@ -32,6 +31,8 @@ def _run_unit(unit) -> tuple[str, str, str | None]:
     try:
         if unit.kind == "pretrain":
             rec = pretrain(unit.cfg, progress=False)
+        elif unit.kind in ARTIFACT_KINDS:
+            rec = prepare(unit.cfg, unit.kind, progress=False)
         else:
             rec = run_evaluation(unit.cfg, unit.kind, run_id=unit.parent, progress=False)
         check_ran_as_planned(unit, rec)
@@ -44,13 +45,6 @@ def _run_unit(unit) -> tuple[str, str, str | None]:
         return unit.run_id, "error", str(e)
 
 
-def _artifact(unit) -> str | None:
-    m = unit.cfg.model
-    if unit.kind != "pretrain" or m.target not in PREPARED_TARGETS or (m.target == "dvae_token" and m.dvae_path):
-        return None
-    return m.target
-
-
 def run_plan_parallel(plan, jobs: int, *, log=print) -> dict:
     """Run every unit of `plan` on `jobs` worker processes; returns {run id: status} as run_plan does."""
     for cell in plan.unavailable:
@@ -60,7 +54,6 @@ def run_plan_parallel(plan, jobs: int, *, log=print) -> dict:
     status: dict[str, str] = {}
     waiting = list(units)
     running = {}  # future -> (unit, start time)
-    busy_artifacts: set[str] = set()
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared with the parent
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(jobs,))
     try:
@@ -68,28 +61,25 @@ def run_plan_parallel(plan, jobs: int, *, log=print) -> dict:
             for unit in list(waiting):
                 if len(running) >= jobs:
                     break
-                parent = status.get(unit.parent) if unit.parent else "done"
-                art = _artifact(unit)
-                if parent is None or (parent == "done" and art in busy_artifacts):
-                    continue  # its pretraining has not finished yet, or its artifact is being built
+                parent = status.get(unit.after) if unit.after else "done"
+                if parent is None:
+                    continue  # the artifact or pretraining run it reads has not finished yet
                 waiting.remove(unit)
                 if parent != "done":
                     status[unit.run_id] = "skipped"
-                    log(f"[{order[unit.run_id]}/{len(units)}] {unit.kind} {unit.run_id}: skipped, its pretraining "
-                        f"{unit.parent} is {parent}")
+                    log(f"[{order[unit.run_id]}/{len(units)}] {unit.kind} {unit.run_id}: skipped, "
+                        f"{needed_what(plan, unit)} {unit.after} is {parent}")
                     continue
-                if art:
-                    busy_artifacts.add(art)
                 running[pool.submit(_run_unit, unit)] = (unit, time.perf_counter())
             if not running:
                 for unit in waiting:  # a parent outside the plan: nothing will ever start them
                     status[unit.run_id] = "skipped"
-                    log(f"{unit.kind} {unit.run_id}: skipped, its pretraining {unit.parent} is not in this plan")
+                    log(f"{unit.kind} {unit.run_id}: skipped, {needed_what(plan, unit)} {unit.after} "
+                        f"is not in this plan")
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 unit, t0 = running.pop(fut)
-                busy_artifacts.discard(_artifact(unit))
                 try:
                     run_id, state, reason = fut.result()
                 except BrokenProcessPool:  # killed (out of memory, a signal): no status of its own

@@ -2,8 +2,10 @@
 kept in <results_dir>/sweeps/<preset>/jobs.json for `status` and `cancel`. docs/cluster.md has the
 why of each choice.
 
-Stages: array 1 trains every unit that reads no pretraining run (pretraining, supervised from
-scratch); array 2 evaluates, its task i holding the evaluations of array 1's task i, with SLURM's
+Stages: a `prepare` array makes the artifacts pretraining runs read (the PCA basis, the in-suite
+tokenizer: core.prepared), one task each; the pretraining runs that read one go into an array of
+their own per artifact that starts once that artifact's task succeeded (afterok on it). Array 1 trains every
+other unit that reads no pretraining run (pretraining, supervised from scratch); array 2 evaluates, its task i holding the evaluations of array 1's task i, with SLURM's
 `aftercorr` dependency: each evaluation task starts when its own pretraining task succeeded, and
 is cancelled (kill-on-invalid-dep) if that failed for good. Evaluations of runs already done, or
 still in jobs of an earlier submission, go into an array of their own (no dependency, or afterok
@@ -41,6 +43,7 @@ from core.data import build_dataset
 from core.errors import UserError
 from core.flops import encoder_forward_flops, mae_forward_flops
 from core.model import ARCHS
+from core.prepared import ARTIFACT_KINDS
 from core.rehearsal import ensure_data
 from core.sweep import make_plan
 from core.targets import build_target
@@ -258,18 +261,23 @@ def live_jobs(data: dict) -> dict[str, str]:
 
 @dataclass
 class Array:
-    stage: str  # pretrain | eval | all (local: the whole plan in one job)
+    stage: str  # prepare | pretrain | eval | all (local: the whole plan in one job)
     tasks: list  # per task: the units it runs, in order
-    after: object = None  # None, an Array (aftercorr on it) or a list of job ids (afterok)
+    after: object = None  # None, an Array (aftercorr on it, or afterok: see task) or a list of job ids (afterok)
     job_ids: list = field(default_factory=list)
     state: str = ""  # debug executor only: how it ended
+    task: int | None = None  # after an Array: once this one task of it succeeded (afterok on it)
 
     def dependency(self) -> str | None:
         if isinstance(self.after, Array):
             ids = self.after.job_ids
+            if not ids:
+                return None
+            if self.task is not None:
+                return f"afterok:{ids[self.task]}"
             if len(ids) == 1 and "_" not in ids[0]:  # a one-task array is submitted as a plain job
                 return f"afterok:{ids[0]}"
-            return f"aftercorr:{ids[0].split('_')[0]}" if ids else None
+            return f"aftercorr:{ids[0].split('_')[0]}"
         if self.after:
             return "afterok:" + ":".join(sorted(set(self.after)))
         return None
@@ -278,20 +286,37 @@ class Array:
 def build_arrays(plan, todo: list, live: dict[str, str], executor: str) -> list[Array]:
     if executor != "slurm":  # no dependencies here: one job runs the plan in order, as `run` does
         return [Array("all", [todo])] if todo else []
-    roots = [u for u in todo if not u.parent]
+    artifacts = [u for u in todo if u.kind in ARTIFACT_KINDS]
+    made_here = {u.run_id for u in artifacts}
+    roots = [u for u in todo if not u.parent and u.kind not in ARTIFACT_KINDS]
     groups: dict[str, list] = {}
     for u in todo:
         if u.parent:
             groups.setdefault(u.parent, []).append(u)
-    # roots with evaluations first, so that eval task i is the evaluations of root task i
-    roots.sort(key=lambda u: u.run_id not in groups)
     arrays = []
-    first = Array("pretrain", [[u] for u in roots])
-    if roots:
+
+    def pretrain_array(units: list, after=None, task: int | None = None) -> None:
+        # roots with evaluations first, so that eval task i is the evaluations of root task i
+        units.sort(key=lambda u: u.run_id not in groups)
+        first = Array("pretrain", [[u] for u in units], after, task=task)
         arrays.append(first)
-    chained = [groups.pop(u.run_id) for u in roots if u.run_id in groups]
-    if chained:
-        arrays.append(Array("eval", chained, after=first))
+        chained = [groups.pop(u.run_id) for u in units if u.run_id in groups]
+        if chained:
+            arrays.append(Array("eval", chained, after=first))
+
+    free = [u for u in roots if u.needs not in made_here and u.needs not in live]  # artifact done or none
+    if free:
+        pretrain_array(free)
+    if artifacts:
+        prep = Array("prepare", [[u] for u in artifacts])
+        arrays.insert(0, prep)
+        for i, art in enumerate(artifacts):
+            users = [u for u in roots if u.needs == art.run_id]
+            if users:
+                pretrain_array(users, prep, task=i)
+    queued = [u for u in roots if u.needs in live and u.needs not in made_here]  # in an earlier submission
+    if queued:
+        pretrain_array(queued, [live[u.needs] for u in queued])
     waiting = [p for p in groups if p in live]
     if waiting:
         arrays.append(Array("eval", [groups.pop(p) for p in waiting], after=[live[p] for p in waiting]))
@@ -431,7 +456,10 @@ def submit_plan(plan, cfg, executor: str, *, dry_run: bool = False, log=print) -
 def _placeholder(a: Array) -> str | None:
     """The dependency as printed before the job ids exist."""
     if isinstance(a.after, Array):
-        return "afterok:PRETRAIN_JOB_ID" if len(a.after.tasks) == 1 else "aftercorr:PRETRAIN_ARRAY_ID"
+        what = a.after.stage.upper()
+        if a.task is not None:
+            return f"afterok:{what}_JOB_ID" if len(a.after.tasks) == 1 else f"afterok:{what}_ARRAY_ID_{a.task}"
+        return f"afterok:{what}_JOB_ID" if len(a.after.tasks) == 1 else f"aftercorr:{what}_ARRAY_ID"
     return a.dependency()
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from core import results
+from core import prepared, results
 from core.ablation import PAPER_PRESET, Ablation
 from core.config import SCALED, Config, build_config, flat_dict
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
@@ -24,12 +24,18 @@ from core.train import pretrain
 
 @dataclass
 class Unit:
-    """One computation: a pretraining run or an evaluation of one."""
-    kind: str  # "pretrain" or an evaluation protocol
+    """One computation: a prepared artifact (core.prepared), a pretraining run or an evaluation of one."""
+    kind: str  # "pretrain", an artifact kind ("pca", "tokenizer") or an evaluation protocol
     run_id: str
     cfg: Config
     parent: str | None = None  # the pretraining run an evaluation reads
     users: list = field(default_factory=list)  # (ablation, variant, seed) that need it
+    needs: str | None = None  # the artifact unit a pretraining run reads
+
+    @property
+    def after(self) -> str | None:
+        """The unit that must be done before this one starts."""
+        return self.parent or self.needs
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Cell:
     seed: int
     is_baseline: bool
     pretrain_id: str | None = None
+    prepared_id: str | None = None  # the artifact unit its pretraining run reads
     eval_ids: dict = field(default_factory=dict)  # protocol -> eval run id
     # protocol -> {choice label: eval run id} for an ablation's eval_ladder: the best finished one counts
     eval_choices: dict = field(default_factory=dict)
@@ -50,7 +57,7 @@ class Cell:
 @dataclass
 class Plan:
     preset: str
-    units: dict = field(default_factory=dict)  # run id -> Unit, pretraining before evaluations
+    units: dict = field(default_factory=dict)  # run id -> Unit: artifacts, pretraining, evaluations
     cells: list = field(default_factory=list)
 
     @property
@@ -59,7 +66,11 @@ class Plan:
 
     @property
     def evals(self):
-        return [u for u in self.units.values() if u.kind != "pretrain"]
+        return [u for u in self.units.values() if u.kind != "pretrain" and u.kind not in prepared.ARTIFACT_KINDS]
+
+    @property
+    def artifacts(self):
+        return [u for u in self.units.values() if u.kind in prepared.ARTIFACT_KINDS]
 
     @property
     def unavailable(self):
@@ -90,7 +101,12 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                 who = (abl.name, label, seed)
                 if abl.pretrain:
                     cell.pretrain_id = cfg.run_id()
-                    plan.units.setdefault(cell.pretrain_id, Unit("pretrain", cell.pretrain_id, cfg)).users.append(who)
+                    kind = prepared.artifact_kind(cfg)
+                    if kind:  # one unit per artifact, made before every pretraining run that reads it
+                        cell.prepared_id = prepared.artifact_id(cfg, kind)
+                        plan.units.setdefault(cell.prepared_id, Unit(kind, cell.prepared_id, cfg)).users.append(who)
+                    plan.units.setdefault(cell.pretrain_id, Unit("pretrain", cell.pretrain_id, cfg,
+                                                                 needs=cell.prepared_id)).users.append(who)
                 for protocol in abl.evals_for(preset):
                     kind = abl.substitute.get(label, {}).get(protocol, protocol)
                     values = {**variant, **seed_overrides(seed)}
@@ -101,9 +117,14 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                         if choice:
                             cell.eval_choices.setdefault(protocol, {})[choice] = eid
                         plan.units.setdefault(eid, Unit(kind, eid, c, cell.pretrain_id)).users.append(who)
-    # pretraining first, each followed by nothing else: evaluations run once their parent is done
-    plan.units = dict(sorted(plan.units.items(), key=lambda kv: kv[1].kind != "pretrain"))
+    # artifacts, then pretraining, then evaluations: a unit runs once the one it reads is done
+    plan.units = dict(sorted(plan.units.items(), key=lambda kv: stage(kv[1])))
     return plan
+
+
+def stage(unit: Unit) -> int:
+    """0 prepared artifact, 1 pretraining, 2 evaluation: the order a plan runs in."""
+    return 0 if unit.kind in prepared.ARTIFACT_KINDS else 1 if unit.kind == "pretrain" else 2
 
 
 def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overrides, values: dict) -> dict:
@@ -126,8 +147,8 @@ def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overr
     return out
 
 
-def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress: bool = True,
-             keep_going: bool = False, reasons: dict | None = None) -> dict:
+def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, prepare_fn=prepared.prepare, log=print,
+             progress: bool = True, keep_going: bool = False, reasons: dict | None = None) -> dict:
     """Execute every unit in this process. A failed unit is recorded and the sweep goes on; its
     evaluations are skipped. keep_going (the rehearsal): any error of a unit, a bug or bad input
     too, fails that unit only. Returns {run id: status}; `reasons` gets {run id: why not done}."""
@@ -143,16 +164,17 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
     units = list(plan.units.values())
     for i, unit in enumerate(units, 1):
         who = ", ".join(sorted({f"{a}/{v}" for a, v, _ in unit.users}))
-        if unit.parent and status.get(unit.parent, "done") != "done":
+        if unit.after and status.get(unit.after, "done") != "done":
             status[unit.run_id] = "skipped"
-            reasons[unit.run_id] = f"its pretraining {unit.parent} is {status[unit.parent]}"
-            log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id}: skipped, its pretraining {unit.parent} "
-                f"is {status[unit.parent]}")
+            reasons[unit.run_id] = f"{needed_what(plan, unit)} {unit.after} is {status[unit.after]}"
+            log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id}: skipped, {reasons[unit.run_id]}")
             continue
         t0 = time.perf_counter()
         try:
             if unit.kind == "pretrain":
                 rec = pretrain_fn(unit.cfg, progress=progress)
+            elif unit.kind in prepared.ARTIFACT_KINDS:
+                rec = prepare_fn(unit.cfg, unit.kind, progress=progress)
             else:
                 rec = eval_fn(unit.cfg, unit.kind, run_id=unit.parent, progress=progress)
             status[unit.run_id] = rec.get("status", "done")
@@ -176,6 +198,12 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, log=print, progress:
         log(f"[{i}/{len(units)}] {unit.kind} {unit.run_id} ({who}): {status[unit.run_id]} "
             f"in {time.perf_counter() - t0:.1f} s")
     return status
+
+
+def needed_what(plan: Plan, unit: Unit) -> str:
+    """'its pretraining' or 'its tokenizer' (what unit.after is), for a skipped unit's reason."""
+    dep = plan.units.get(unit.after)
+    return f"its {'pretraining' if dep is None or dep.kind == 'pretrain' else dep.kind}"
 
 
 def check_ran_as_planned(unit: Unit, rec: dict) -> None:
@@ -252,15 +280,16 @@ class UnitStatus:
 
 def unit_statuses(plan: Plan, results_dir: str, jobs: dict | None = None) -> dict[str, UnitStatus]:
     """Every unit's state; an evaluation whose pretraining failed or was cancelled, and that has
-    no record of its own, is 'not run' (on SLURM its job was cancelled by the dependency)."""
+    no record of its own, is 'not run' (on SLURM its job was cancelled by the dependency); so is a
+    pretraining run whose artifact unit failed."""
     out: dict[str, UnitStatus] = {}
-    for rid, unit in plan.units.items():  # pretraining first
+    for rid, unit in plan.units.items():  # artifacts, then pretraining, then evaluations
         rec = results.read_record(results_dir, rid)
         job = (jobs or {}).get(rid)
         state, reason = unit_status(rec, job)
-        parent = out.get(unit.parent) if unit.parent else None
+        parent = out.get(unit.after) if unit.after else None
         if rec is None and parent is not None and parent.state in ("failed", "cancelled", "not run"):
-            state, reason = "not run", f"parent {parent.state}: {unit.parent}"
+            state, reason = "not run", f"{'parent' if unit.parent else parent.unit.kind} {parent.state}: {unit.after}"
         out[rid] = UnitStatus(unit, state, reason, rec, job)
     return out
 
@@ -276,7 +305,7 @@ def sweep_status(plan: Plan, results_dir: str, jobs: dict | None = None,
     for name, cells in by_ablation.items():
         ids = []
         for c in cells:
-            ids += ([c.pretrain_id] if c.pretrain_id else []) + list(c.eval_ids.values()) + \
+            ids += [i for i in (c.prepared_id, c.pretrain_id) if i] + list(c.eval_ids.values()) + \
                 [e for choices in c.eval_choices.values() for e in choices.values()]
         counts = {s: 0 for s in STATES}
         reasons = []

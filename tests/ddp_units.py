@@ -25,6 +25,7 @@ from core import results
 from core.ablation import load_all
 from core.config import apply_overrides, build_config
 from core.eval import eval_run_id
+from core.prepared import ARTIFACT_KINDS
 from core.sweep import Plan, Unit, make_plan, run_plan
 from core.train import pretrain
 
@@ -102,7 +103,7 @@ def variant_plan(overrides) -> Plan:
     plan = make_plan(list(load_all().values()), "tiny", overrides=overrides)
     keep = ("mask_token", "partial_finetune", "scratch_baseline")
     plan.units = {rid: u for rid, u in plan.units.items()
-                  if u.kind == "pretrain" or any(a in keep for a, _, _ in u.users)}
+                  if u.kind == "pretrain" or u.kind in ARTIFACT_KINDS or any(a in keep for a, _, _ in u.users)}
     for unit in list(plan.pretrains):
         if any(a == "mask_token" for a, _, _ in unit.users):
             add_eval(plan, "finetune", unit.cfg, unit.run_id)

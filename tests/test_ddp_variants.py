@@ -95,17 +95,15 @@ def test_every_ablation_variant_and_every_protocol_runs_under_two_process_ddp(tm
     a record of world size 2. Before the decoder's mask token was left out of the encoder-[M]
     variant, its pretraining stopped on its second step ('Expected to have finished reduction')."""
     from core import results
-    from core.targets.dvae import tokenizer_job
 
     overrides = [*VARIANTS, f"run.results_dir={tmp_path / 'results'}", f"run.work_dir={tmp_path / 'work'}"]
     plan = variant_plan(overrides)
     kinds = {u.kind for u in plan.units.values()}
-    assert kinds == {"pretrain", "linprobe", "knn", "finetune", "partial", "scratch"}
+    assert kinds == {"pca", "tokenizer", "pretrain", "linprobe", "knn", "finetune", "partial", "scratch"}
     assert {c.ablation for c in plan.cells} == set(load_all())
     assert any(u.cfg.model.mask_token_in_encoder for u in plan.pretrains)
-    # the tokenizer first, in this process: rank 1 would otherwise poll for rank 0's file every 10 s
-    [dvae] = [u for u in plan.pretrains if u.cfg.model.target == "dvae_token"]
-    tokenizer_job(dvae.cfg, progress=False)
+    # the PCA basis and the tokenizer are units of their own, first: rank 0 makes each, rank 1 waits
+    assert [u.kind for u in plan.units.values()][:2] == ["pca", "tokenizer"]
     out = launch("variants", tmp_path / "status.json", *overrides, cwd=tmp_path)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert result(tmp_path / "status.json") == {rid: "done" for rid in plan.units}

@@ -27,7 +27,7 @@ LAYERS = [
     ("run store", ["core.results"]),
     ("model, data, targets", ["core.model", "core.masking", "core.flops", "core.data", "core.ffcv",
                               "core.fingerprint", "core.targets"]),
-    ("train and eval", ["core.train", "core.eval"]),
+    ("train and eval", ["core.train", "core.eval", "core.prepared"]),  # prepared: builds a PCA basis or tokenizer
     ("orchestration", ["core.sweep", "core.parallel", "core.cluster_job", "core.rehearsal", "core.submit"]),
     ("report", ["core.report"]),
     ("plots", ["plots"]),

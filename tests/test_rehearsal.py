@@ -37,7 +37,8 @@ def aligned_units():
     for a, b in zip(paper.cells, rehearsal.cells, strict=True):
         assert (a.ablation, a.variant, a.paper_variant, a.seed, a.is_baseline, list(a.eval_ids)) == \
                (b.ablation, b.variant, b.paper_variant, b.seed, b.is_baseline, list(b.eval_ids))
-        ids = [(a.pretrain_id, b.pretrain_id)] if a.pretrain_id else []
+        ids = [(a.prepared_id, b.prepared_id)] if a.prepared_id else []  # the PCA basis, the tokenizer
+        ids += [(a.pretrain_id, b.pretrain_id)] if a.pretrain_id else []
         pairs += ids + [(a.eval_ids[p], b.eval_ids[p]) for p in a.eval_ids]
         pairs += [(a.eval_choices[p][c], b.eval_choices[p][c]) for p in a.eval_choices for c in a.eval_choices[p]]
     return paper, rehearsal, pairs
@@ -49,7 +50,8 @@ def test_the_rehearsal_plan_is_the_paper_plan_unit_for_unit():
     forward, backward = {}, {}
     for p, r in pairs:  # the same runs are shared: a one-to-one map of run ids
         assert forward.setdefault(p, r) == r and backward.setdefault(r, p) == p
-    assert len(forward) == len(paper.units) == len(rehearsal.units) == 121  # Figure 9: 3 schedules a count
+    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer)
+    assert len(forward) == len(paper.units) == len(rehearsal.units) == 123
     assert [paper.units[p].kind for p in forward] == [rehearsal.units[r].kind for r in forward.values()]
     assert set(paper.units).isdisjoint(rehearsal.units)  # a rehearsal record is never a real run's
 
@@ -189,6 +191,7 @@ def test_every_planned_id_is_the_id_its_unit_runs_under(tmp_path, monkeypatch):
     its 21 finished units as pending."""
     from core.eval import eval_run_id
     from core.fingerprint import resolve as resolve_dataset
+    from core.prepared import ARTIFACT_KINDS, artifact_id
     from core.rehearsal import ensure_data
 
     monkeypatch.chdir(tmp_path)
@@ -196,5 +199,8 @@ def test_every_planned_id_is_the_id_its_unit_runs_under(tmp_path, monkeypatch):
     plan = make_plan(select(["all"]), REHEARSAL)
     for unit in plan.units.values():
         cfg = resolve_dataset(unit.cfg)
-        rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.parent)
+        if unit.kind in ARTIFACT_KINDS:
+            rid = artifact_id(cfg, unit.kind)
+        else:
+            rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.parent)
         assert rid == unit.run_id, (unit.kind, unit.users[0])

@@ -146,15 +146,18 @@ def test_a_sweep_records_a_unit_failing_before_it_starts_and_skips_its_evaluatio
     with pytest.raises(DataError):
         run_plan(plan, progress=False, log=lambda *a: None)
     cfg = build_config("tiny", overrides)
-    first = plan.pretrains[0]
+    first, dvae_run = plan.artifacts[0], plan.pretrains[1]  # the dvae variant's tokenizer runs first
+    assert first.kind == "tokenizer" and dvae_run.needs == first.run_id
     assert record(cfg, first.run_id)["reason"] == "dataset path /nonexistent/imagenet does not exist"
     statuses = unit_statuses(plan, cfg.run.results_dir)
-    evals = [s for s in statuses.values() if s.unit.parent == first.run_id]
-    assert evals and all(s.state == "not run" and s.reason == f"parent failed: {first.run_id}" for s in evals)
+    assert statuses[dvae_run.run_id].state == "not run"
+    evals = [s for s in statuses.values() if s.unit.parent == dvae_run.run_id]
+    assert evals and all(s.state == "not run" and s.reason == f"parent not run: {dvae_run.run_id}" for s in evals)
     lines = []
     run_all.print_status(plan, cfg, out=lines.append)
-    assert f"  failed pretrain {first.run_id} (two/pixel): dataset path /nonexistent/imagenet does not exist" in lines
-    assert f"  not run knn {evals[0].unit.run_id} (two/pixel): parent failed: {first.run_id}" in lines
+    assert f"  failed tokenizer {first.run_id} (two/dvae): dataset path /nonexistent/imagenet does not exist" in lines
+    assert f"  not run pretrain {dvae_run.run_id} (two/dvae): tokenizer failed: {first.run_id}" in lines
+    assert f"  not run knn {evals[0].unit.run_id} (two/dvae): parent not run: {dvae_run.run_id}" in lines
 
 
 # --------------------------------------------------------------------------- cluster jobs
@@ -240,6 +243,9 @@ def test_status_shows_running_units_and_the_expected_finish(dirs):
     pixel, dvae = plan.pretrains
     results.write_record(cfg.run.results_dir, {"run_id": pixel.run_id, "kind": "pretrain", "status": "done",
                                                "wall_time_s": 600.0})
+    [tok] = plan.artifacts  # the dvae run's tokenizer unit: done before the run started
+    results.write_record(cfg.run.results_dir, {"run_id": tok.run_id, "kind": "tokenizer", "status": "done",
+                                               "wall_time_s": 20.0})
     from core.progress import clock
     results.write_record(cfg.run.results_dir, {
         "run_id": dvae.run_id, "kind": "pretrain", "status": "running", "job_id": "99_1",

@@ -440,3 +440,54 @@ def test_a_variant_failing_at_run_time_is_failed_with_its_reason_and_its_evaluat
     assert row.split()[1:] == ["2", "0", "0", "0", "0", "1", "0", "1", "0"]  # pixel + its kNN done
     logs = Path(results.read_record(cfg.run.results_dir, pixel.run_id)["job_stdout"]).read_text()
     assert f"pretrain {pixel.run_id} epoch 1/1 done step 8/8 loss " in logs  # a log a user can tail
+
+
+def sacct_times(*job_ids) -> dict:
+    """{job id: (start, end)} from SLURM's accounting (ISO times, second resolution)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,Start,End", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=60).stdout
+    return {j: (s, e) for j, s, e in (ln.split("|") for ln in out.split()) if j in job_ids}
+
+
+def test_target_sweep_trains_its_tokenizer_once_before_its_users(slurm_cluster, tmp_path, capsys):
+    """The `target` sweep on SLURM with no manual tokenizer step: the tokenizer and the PCA basis are
+    a `prepare` array; the runs reading each start after its task (afterok), by SLURM's accounting
+    and by the records' times; the tokenizer is trained once; `status` shows its unit. To keep it
+    short: the plan `submit target` makes, less the variants that read no artifact and the
+    evaluations (the full sweep: 17 units, 12 jobs, 320 s on the 2-CPU test node)."""
+    from core.ablation import select
+    from core.sweep import make_plan
+
+    overrides = FAST + ["pretrain.epochs=1", "pretrain.warmup_epochs=0", "model.dvae_epochs=1",
+                        f"run.results_dir={tmp_path}/results", f"run.work_dir={tmp_path}/work",
+                        "cluster.executor=slurm", "cluster.cpus_per_task=1"]
+    plan = make_plan(select(["target"]), "tiny", 1, overrides)
+    plan.units = {rid: u for rid, u in plan.units.items() if u in plan.artifacts or u.needs}
+    assert [u.kind for u in plan.units.values()] == ["pca", "tokenizer", "pretrain", "pretrain"]
+    cfg = build_config("tiny", overrides)
+    submit.submit_plan(plan, cfg, submit.prepare(cfg), log=lambda *a: None)
+    data = submit.load_jobs(cfg)
+    arrays = data["submissions"][0]["arrays"]
+    assert arrays[0]["stage"] == "prepare" and arrays[0]["dependency"] is None, arrays
+    every = [j for a in arrays for j in a["job_ids"]]
+    states = wait_ended(cfg, every, slurm_cluster, timeout=300)
+    assert set(states.values()) == {"COMPLETED"}, log_tails(cfg)
+    times = sacct_times(*every)
+    for art in plan.artifacts:
+        [user] = [u for u in plan.pretrains if u.needs == art.run_id]
+        art_job, job = data["units"][art.run_id]["job_id"], data["units"][user.run_id]["job_id"]
+        art_rec = results.read_record(cfg.run.results_dir, art.run_id)
+        assert art_rec["status"] == "done" and art_rec["job_id"] == art_job
+        [dep] = [a["dependency"] for a in arrays if job in a["job_ids"]]
+        assert dep == f"afterok:{art_job}"
+        assert times[job][0] >= times[art_job][1], times  # started after the artifact's job ended
+        assert results.read_record(cfg.run.results_dir, user.run_id)["started_at"] >= art_rec["finished_at"]
+        with capsys.disabled():  # shown with -s
+            print(f"{art.kind} job {art_job}: {times[art_job]}; {user.cfg.model.target} run job {job}: {times[job]}")
+    logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(submit.job_dir(cfg), "*_log.out")))
+    assert logs.count("training the dVAE tokenizer") == 1, logs[-3000:]  # once, in its own unit
+    assert all(results.read_record(cfg.run.results_dir, rid)["status"] == "done" for rid in plan.units)
+    code, out, _ = cli(capsys, "status", "target", *overrides)
+    [tok] = [u for u in plan.artifacts if u.kind == "tokenizer"]
+    tok_job = data["units"][tok.run_id]["job_id"]
+    assert code == 0 and f"  {tok_job:<14} {'prepare':<9} {'COMPLETED':<12} {tok.run_id}\n" in out, out

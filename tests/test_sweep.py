@@ -53,7 +53,8 @@ def test_shared_baseline_is_one_run_per_seed(tmp_path):
     fake = lambda cfg, *a, **k: calls.append(cfg.run_id()) or {"status": "done"}  # noqa: E731
     from core.eval import eval_run_id
     fake_eval = lambda cfg, kind, run_id=None, **k: calls.append(eval_run_id(cfg, kind, run_id)) or {"status": "done"}  # noqa
-    run_plan(plan, pretrain_fn=fake, eval_fn=fake_eval, log=lambda *a: None)
+    fake_prepare = lambda cfg, kind, **k: calls.append(kind) or {"status": "done"}  # noqa: E731
+    run_plan(plan, pretrain_fn=fake, eval_fn=fake_eval, prepare_fn=fake_prepare, log=lambda *a: None)
     assert len(calls) == len(set(map(str, calls))) == len(plan.units)
 
 

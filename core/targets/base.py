@@ -2,11 +2,14 @@
 targets in their own files share (a fitted artefact's cache, the token loss)."""
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 import torch.nn.functional as F
 
 from core.checkpoint import load_file
-from core.errors import CheckpointError
+from core.errors import CheckpointError, TrainingFailed
 from core.model import ARCHS, patchify
 
 
@@ -95,3 +98,26 @@ def load_cached(path: str, key: dict) -> dict | None:
 def cross_entropy_patch_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-patch cross-entropy for token targets: logits (B, L, V), tokens (B, L) -> (B, L)."""
     return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+
+
+def wait_s() -> float:
+    """How long a rank waits for rank 0 to prepare an artifact: MAE_PREPARE_WAIT_S, default 4 h (a
+    tokenizer on ImageNet). A bound, so a rank whose rank 0 died or never trains it stops with a
+    message instead of waiting forever."""
+    return float(os.environ.get("MAE_PREPARE_WAIT_S") or 4 * 3600)
+
+
+def wait_for_cached(path: str, key: dict, what: str, hint: str, poll_s: float = 10.0) -> dict:
+    """The artifact rank 0 is making at `path` (load_cached), once it is there; after wait_s() a
+    one-line TrainingFailed naming it and `hint`, the command that prepares it."""
+    limit, t0 = wait_s(), time.monotonic()
+    print(f"rank {os.environ.get('RANK')}: waiting up to {limit:.0f} s for rank 0 to prepare the {what} {path}",
+          flush=True)
+    while True:
+        blob = load_cached(path, key)
+        if blob is not None:
+            return blob
+        if time.monotonic() - t0 >= limit:
+            raise TrainingFailed(f"the {what} {path} is not there after {limit:.0f} s of waiting for rank 0 "
+                                 f"(MAE_PREPARE_WAIT_S); {hint}")
+        time.sleep(min(poll_s, max(0.1, limit - (time.monotonic() - t0))))

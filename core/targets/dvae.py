@@ -42,7 +42,7 @@ from core.device import resolve_device
 from core.errors import DataError, TrainingFailed, UserError
 from core.model import ARCHS, patchify
 from core.progress import Progress, show_bar, tensorboard_dir
-from core.targets.base import Target, cross_entropy_patch_loss, load_cached
+from core.targets.base import Target, cross_entropy_patch_loss, load_cached, wait_for_cached
 from core.targets.pca import dataset_identity
 
 DOWN = 8  # tokenizer downsampling: one token per DOWN x DOWN pixels of its view
@@ -234,7 +234,8 @@ def prepare_tokenizer(dataset, model_cfg, data_cfg, patch: int, cache_dir: str, 
     path = os.path.join(cache_dir, tokenizer_id(key) + ".pt")
     blob = load_cached(path, key)
     if blob is None and int(os.environ.get("RANK", 0)) != 0:
-        blob = _wait_for(path, key)  # rank 0 trains it; the others wait for its file
+        blob = wait_for_cached(path, key, f"tokenizer {tokenizer_id(key)}",  # rank 0 trains it
+                               "train it first: python run_all.py tokenizer, with this run's --preset and overrides")
     where = results_dir or cache_dir
     if blob is None:
         print(f"training the dVAE tokenizer {tokenizer_id(key)} (once: cached as {path})", flush=True)
@@ -262,15 +263,6 @@ def tokenizer_job(cfg, progress: bool = True) -> dict:
                                   os.path.join(cfg.run.work_dir, "cache"), resolve_device(cfg.run.device),
                                   cfg.run.results_dir, progress)
     return record
-
-
-def _wait_for(path: str, key: dict, poll_s: float = 10.0) -> dict:
-    print(f"waiting for rank 0 to train the tokenizer {path}", flush=True)
-    while True:
-        blob = load_cached(path, key)
-        if blob is not None:
-            return blob
-        time.sleep(poll_s)
 
 
 # --------------------------------------------------------------------------- OpenAI DALL-E encoder

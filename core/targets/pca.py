@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from core.checkpoint import atomic_write
 from core.config import config_hash
-from core.data import Transformed, collate_skipping, pretrain_transform, sample_seed
+from core.data import Transformed, build_dataset, check_dataset_path, collate_skipping, pretrain_transform, sample_seed
 from core.errors import DataError
 from core.model import patchify
 from core.targets.base import Target, load_cached
@@ -115,3 +115,13 @@ class PCATarget(Target):
 
     def to_pixels(self, pred, imgs):
         return pred.float() @ self.components.T + self.mean
+
+
+def pca_job(cfg) -> str:
+    """The sweep's `pca` unit: fit (or find) the basis a pca run of `cfg` reads, where that run looks
+    for it (on the CPU: an eigendecomposition of a D x D covariance). Returns its cache path."""
+    check_dataset_path(cfg.data)
+    target = PCATarget(cfg.model, cfg.data)
+    target.prepare(build_dataset(cfg.data, "train", cfg.model.img_size), os.path.join(cfg.run.work_dir, "cache"),
+                   torch.device("cpu"))
+    return target.cache_path
