@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import math
 import random
 import sys
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_pil_image
 from tqdm import tqdm
@@ -21,10 +21,11 @@ from core import checkpoint, results
 from core.config import Config, _plain, config_hash
 from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, sample_seed
 from core.device import autocast
-from core.distributed import DistInfo, all_sum, any_rank, split_batch
-from core.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingFailed, UserError
+from core.distributed import DistInfo, StopFlag, all_sum, split_batch
+from core.errors import CheckpointError, ConfigError, DataError, UserError
+from core.loop import Resumable, epoch_mean, stop_point, tracked
 from core.model import ARCHS, ViTEncoder
-from core.progress import Progress, show_bar
+from core.progress import show_bar
 
 PROTOCOLS = ("linprobe", "finetune", "partial", "knn")
 KINDS = PROTOCOLS + ("scratch",)
@@ -42,36 +43,18 @@ OLD_BEHAVIOUR = {"accum_iter": 1}
 
 @dataclass
 class Session:
-    """Where an evaluation runs: its processes (DDP when launched by torchrun or a cluster job),
-    the stop flag that SIGTERM/SIGUSR1/USR2 set, and the folder of its checkpoints."""
+    """Where an evaluation runs, passed to the protocol's runner and on to its loaders and `fit`: its
+    processes (DDP when launched by torchrun or a cluster job), the stop flag that SIGTERM/SIGUSR1/USR2
+    set, and the folder of its checkpoints. The default: one process, no stop flag, no checkpoints."""
     dist: DistInfo = DistInfo()
-    stop: object = None  # core.train.StopFlag; None: never stops early
+    stop: StopFlag | None = None  # None: never stops early
     ckpt_dir: str | None = None  # None: no checkpoints (nothing to resume)
-    record: "Record | None" = None  # the evaluation's record: `fit` writes its progress every epoch
+    record: "results.Recorder | None" = None  # the evaluation's record: `fit` writes its progress every epoch
     tb_dir: str | None = None  # TensorBoard event files of the evaluation
     # Training steps between looks at the stop flag (and at every epoch's end). With several
     # processes a look is an all-reduce and a host sync, so not every step (pretrain.log_every).
     stop_every: int = 1
 
-    def stopping(self, device) -> bool:
-        return self.stop is not None and any_rank(bool(self.stop), device)
-
-
-_SESSION = [Session()]
-
-
-@contextlib.contextmanager
-def session(s: Session):
-    """Run the protocols of one evaluation inside session `s` (core.eval._run)."""
-    _SESSION.append(s)
-    try:
-        yield s
-    finally:
-        _SESSION.pop()
-
-
-def current() -> Session:
-    return _SESSION[-1]
 
 
 # --------------------------------------------------------------------------- ids and records
@@ -124,20 +107,12 @@ def check_protocol(cfg: Config, kind: str) -> None:
             raise ConfigError(f"{key} must be two numbers 0 < lo <= hi <= 1, got {value}")
 
 
-class Record:
+def eval_recorder(cfg: Config, run_id: str, kind: str, parent: str | None, device, main: bool,
+                  **extra) -> results.Recorder:
     """An evaluation's run record: 'running' when it starts, then 'done', or 'failed' with a reason."""
-
-    def __init__(self, cfg: Config, run_id: str, kind: str, parent: str | None, device, **extra):
-        self.results_dir, self.run_id = cfg.run.results_dir, run_id
-        self.base = {"run_id": run_id, "kind": kind, "parent": parent, "preset": cfg.run.preset,
-                     "config": cfg.to_dict(), "protocol_config": _plain(dataclasses.asdict(section(cfg, kind))),
-                     "started_at": results.now(), **results.environment(device), **extra}
-
-    def write(self, status: str, **fields) -> dict:
-        rec = {**self.base, "status": status, "updated_at": results.now(), **fields}
-        if current().dist.is_main:
-            results.write_record(self.results_dir, rec)
-        return rec
+    return results.Recorder(cfg.run.results_dir, run_id, kind, cfg, main=main, parent=parent,
+                            protocol_config=_plain(dataclasses.asdict(section(cfg, kind))),
+                            started_at=results.now(), **results.environment(device), **extra)
 
 
 # --------------------------------------------------------------------------- data
@@ -158,11 +133,11 @@ def eval_data(cfg: Config) -> EvalData:
 
 
 def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, device, shard: bool | None = None,
-                key: str = "the evaluation batch size") -> EpochLoader:
+                key: str = "the evaluation batch size", ses: Session | None = None) -> EpochLoader:
     """Seeded like pretraining: order from (eval.seed, epoch), augmentation from (eval.seed, epoch, index).
-    Sharded over the ranks (default: training loaders), `batch_size` (setting `key`) then being the
-    global batch; feature extraction reads whole splits on every rank."""
-    dist = current().dist if (train if shard is None else shard) else DistInfo()
+    Sharded over the ranks of session `ses` (default: training loaders), `batch_size` (setting `key`)
+    then being the global batch; feature extraction reads whole splits on every rank."""
+    dist = (ses or Session()).dist if (train if shard is None else shard) else DistInfo()
     per_rank = split_batch(batch_size, dist.world, key=key) if train else batch_size
     return EpochLoader(Transformed(base, transform), per_rank, cfg.eval.seed, shuffle=train, drop_last=train,
                        num_workers=cfg.data.num_workers, rank=dist.rank, world=dist.world,
@@ -370,40 +345,53 @@ def cosine_schedule(optimizer, epochs: int, warmup_epochs: int, steps_per_epoch:
                              warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
+class _Trainable:
+    """The state of a model whose frozen weights (a linear probe's encoder, a partial fine-tune's
+    first blocks) never change: not saved every epoch, not expected back."""
+
+    def __init__(self, model, frozen: set):
+        self.model, self.frozen = model, frozen
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.model.state_dict().items() if k not in self.frozen}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - self.frozen:
+            raise CheckpointError("the checkpoint does not fit this evaluation's model")
+
+
 def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criterion, precision: str, device,
-        scaler, seed: int, validators: dict, mixup=None, ema=None, progress: bool = True, desc: str = "") -> dict:
+        scaler, seed: int, validators: dict, mixup=None, ema=None, progress: bool = True, desc: str = "",
+        ses: Session | None = None) -> dict:
     """Supervised training, shared by the linear probe, (partial) fine-tuning and the scratch
     baseline. After every epoch each validator (name -> () -> (top1, top5)) runs; returns the
     history: per-epoch mean loss and val_top1/val_top5<name>.
 
-    In a session with several processes the model trains under DDP. With a checkpoint folder it
-    saves after every epoch and, when a stop signal arrives, at the next look at the flag (every
-    `stop_every` steps of the session, and at each epoch's end), then raises Preempted; it resumes
-    from the newest checkpoint, ending as an uninterrupted run would."""
-    ses = current()
+    In a session (`ses`, default: one process, no checkpoints) with several processes the model
+    trains under DDP. With a checkpoint folder it saves after every epoch and, when a stop signal
+    arrives, at the next look at the flag (every `stop_every` steps of the session, and at each
+    epoch's end), then raises Preempted; it resumes from the newest checkpoint, ending as an
+    uninterrupted run would."""
+    ses = ses or Session()
     history = {"loss": []}
     for name in validators:
         history[f"val_top1{name}"], history[f"val_top5{name}"] = [], []
     step_fn = model
     if ses.dist.world > 1 and any(p.requires_grad for p in model.parameters()):
-        from torch.nn.parallel import DistributedDataParallel as DDP
         step_fn = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     start_epoch, start_step, step = 0, 0, 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    # frozen weights (a linear probe's encoder, a partial fine-tune's first blocks) never change:
-    # not saved every epoch
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    found = checkpoint.latest(ses.ckpt_dir) if ses.ckpt_dir else None
+    state = Resumable(ses.ckpt_dir, main=ses.dist.is_main, keep=1, model=_Trainable(model, frozen),
+                      optimizer=optimizer, scaler=scaler, ema=ema.module if ema is not None else None)
+    found = state.latest()
     if found is not None:
-        st, _ = found
-        missing, unexpected = model.load_state_dict(st["model"], strict=False)
-        if unexpected or set(missing) - frozen:
-            raise CheckpointError(f"{found[1]} does not fit this evaluation's model")
-        optimizer.load_state_dict(st["optimizer"])
-        scaler.load_state_dict(st["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(st["ema"])
+        try:
+            st = state.load(found[0])
+        except (CheckpointError, KeyError):
+            raise CheckpointError(f"{found[1]} does not fit this evaluation's model") from None
         history, step, count = st["history"], st["step"], st["count"]
         start_epoch, start_step = divmod(step, loader.steps_per_epoch)
         loss_sum = st["loss_sum"].to(device)
@@ -411,20 +399,13 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
         scheduler.step_update(step)
 
     def save():
-        if ses.ckpt_dir and ses.dist.is_main:
-            checkpoint.save(ses.ckpt_dir, step, {
-                "model": {k: v for k, v in model.state_dict().items() if k not in frozen},
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None, "history": history, "step": step,
-                "count": count, "loss_sum": loss_sum.cpu(), "torch_rng": torch.get_rng_state()}, keep=1)
+        return state.save(step, history=history, step=step, count=count, loss_sum=loss_sum.cpu(),
+                          torch_rng=torch.get_rng_state())
 
-    bar = tqdm(total=epochs * loader.steps_per_epoch, initial=step, disable=not show_bar(progress and ses.dist.is_main),
-               unit="step", desc=desc, dynamic_ncols=True, mininterval=1.0)
-    meter = Progress(ses.record.run_id if ses.record else desc, epochs=epochs,
-                     steps_per_epoch=loader.steps_per_epoch, step=step, tb_dir=ses.tb_dir, main=ses.dist.is_main,
-                     images_per_step=loader.batch_size * getattr(loader, "world", 1), log=progress)
-    loss = None  # the last batch's, for the log lines
-    try:
+    with tracked(ses.record.run_id if ses.record else desc, desc=desc, epochs=epochs,
+                 steps_per_epoch=loader.steps_per_epoch, step=step, tb_dir=ses.tb_dir, main=ses.dist.is_main,
+                 images_per_step=loader.batch_size * getattr(loader, "world", 1), log=progress) as (bar, meter):
+        loss = None  # the last batch's, for the log lines
         for epoch in range(start_epoch, epochs):
             model.train()
             first = start_step if epoch == start_epoch else 0
@@ -459,13 +440,9 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                 if step % LOG_EVERY == 0:
                     meter.step(step, loss.item() if loss is not None else None, optimizer.param_groups[0]["lr"])
                 # the same steps on every rank; the epoch's last step is checked after its save
-                if step % ses.stop_every == 0 and step % loader.steps_per_epoch and ses.stopping(device):
-                    save()
-                    raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
-            total = all_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)]))
-            mean = (total[0] / total[1].clamp(min=1)).item()  # one host sync per epoch
-            if not math.isfinite(mean):
-                raise TrainingFailed(f"non-finite training loss ({mean}) in epoch {epoch}")
+                if step % ses.stop_every == 0 and step % loader.steps_per_epoch:
+                    stop_point(ses.stop, device, f"step {step} of {desc}", save)
+            mean = epoch_mean(loss_sum, count, lambda v: f"non-finite training loss ({v}) in epoch {epoch}")
             history["loss"].append(mean)
             loss_sum.zero_()
             count = 0
@@ -479,9 +456,6 @@ def fit(model, optimizer, scheduler, loader: EpochLoader, *, epochs: int, criter
                                       **{k: v[-1] for k, v in history.items() if k.startswith("val_")})
             if ses.record is not None:
                 ses.record.write("running", history=history, progress=payload)
-            if epoch + 1 < epochs and ses.stopping(device):
-                raise Preempted(f"stopped by signal {ses.stop.signum} at step {step} of {desc}")
-    finally:
-        bar.close()
-        meter.close()
+            if epoch + 1 < epochs:
+                stop_point(ses.stop, device, f"step {step} of {desc}")
     return history

@@ -22,7 +22,7 @@ def knn_votes(train_f, train_y, query_f, k: int, temperature: float, num_classes
     return torch.cat(out)
 
 
-def run(cfg, state, data, device, precision, progress) -> dict:
+def run(cfg, state, data, device, precision, progress, ses=None) -> dict:
     kc, m, d = cfg.eval.knn, cfg.model, cfg.data
     encoder = frozen_encoder(cfg, state, device)
     tf = eval_transform(m.img_size, d.mean, d.std)  # no augmentation on either side

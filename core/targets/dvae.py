@@ -31,14 +31,14 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from core import results
 from core.checkpoint import atomic_write
 from core.config import config_hash
 from core.data import EpochLoader, Transformed, build_dataset, collate_skipping, eval_transform, pretrain_transform
-from core.errors import DataError, TrainingFailed, UserError
-from core.progress import Progress, show_bar, tensorboard_dir
+from core.errors import DataError, UserError
+from core.loop import epoch_mean, tracked
+from core.progress import tensorboard_dir
 from core.targets import Target, cross_entropy_patch_loss, load_cached
 from core.targets.pca import dataset_identity
 
@@ -121,15 +121,20 @@ def tokenizer_id(key: dict) -> str:
 
 
 def train_tokenizer(dataset, model_cfg, data_cfg, key: dict, device, progress: bool = False,
-                    results_dir: str | None = None) -> dict:
+                    results_dir: str | None = None, run_cfg=None) -> dict:
     """Train the in-suite dVAE; returns {"model": state dict, "key", "record"}. With `results_dir`
-    its `running` record there shows its progress after every epoch."""
+    its `running` record there shows its progress after every epoch; the record carries the preset
+    and config of `run_cfg`, the run it was trained for."""
+    rid = tokenizer_id(key)
+    tb = tensorboard_dir(results_dir, rid) if results_dir else None
+    recorder = results.Recorder(results_dir, rid, "tokenizer", run_cfg, main=results_dir is not None, tokenizer=key,
+                                started_at=results.now(), tensorboard_dir=tb, **results.environment(device))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG stays
         torch.manual_seed(SEED)
-        return _train(dataset, model_cfg, data_cfg, key, device, progress, results_dir)
+        return _train(dataset, model_cfg, data_cfg, key, device, progress, recorder)
 
 
-def _train(dataset, model_cfg, data_cfg, key, device, progress, results_dir=None) -> dict:
+def _train(dataset, model_cfg, data_cfg, key, device, progress, recorder: results.Recorder) -> dict:
     view = key["view"]
     model = DVAE(key["vocab"], key["width"]).to(device)
     tf = pretrain_transform(data_cfg.augmentation, model_cfg.img_size, data_cfg.mean, data_cfg.std)
@@ -140,55 +145,44 @@ def _train(dataset, model_cfg, data_cfg, key, device, progress, results_dir=None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     history, step, t0 = [], 0, time.perf_counter()
     log_v = math.log(key["vocab"])
-    rid = tokenizer_id(key)
-    bar = tqdm(total=total, disable=not show_bar(progress), unit="step", desc=f"tokenizer {rid}")
-    tb = tensorboard_dir(results_dir, rid) if results_dir else None
-    meter = Progress(f"tokenizer {rid}", epochs=key["epochs"], steps_per_epoch=loader.steps_per_epoch,
-                     images_per_step=loader.batch_size, tb_dir=tb, log=progress)
-    running = {"run_id": rid, "kind": "tokenizer", "status": "running", "tokenizer": key, "started_at": results.now(),
-               "tensorboard_dir": tb, **results.environment(device)}
-    for epoch in range(key["epochs"]):
-        loss_sum = torch.zeros((), device=device)
-        n = 0
-        for imgs, _, _ in loader.epoch(epoch):
-            if imgs.shape[0] == 0:
-                continue
-            x = resize(imgs.to(device, non_blocking=True), view)
-            frac = step / max(total - 1, 1)
-            tau = TAU[0] * (TAU[1] / TAU[0]) ** frac
-            beta = KL_WEIGHT * min(1.0, frac / 0.2)
-            logits = model.encoder(x)
-            recon = model.decode_soft(F.gumbel_softmax(logits, tau=tau, dim=1))
-            mse = F.mse_loss(recon, x)
-            logq = F.log_softmax(logits, dim=1)
-            kl = (logq.exp() * logq).sum(dim=1).mean() + log_v  # KL(q || uniform) per token
-            loss = mse + beta * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += mse.detach()
-            n, step = n + 1, step + 1
-            bar.update(1)
-            if step % LOG_EVERY == 0:
-                meter.step(step, mse.item(), sched.get_last_lr()[0])
-        history.append((loss_sum / max(n, 1)).item())
-        if not math.isfinite(history[-1]):
-            bar.close()
-            meter.close()
-            raise TrainingFailed(f"tokenizer {tokenizer_id(key)}: non-finite loss in epoch {epoch}")
-        payload = meter.epoch_end(epoch, step, history[-1], sched.get_last_lr()[0])
-        if results_dir:
-            results.write_record(results_dir, {**running, "history": {"loss": history}, "progress": payload,
-                                               "updated_at": results.now()})
-    bar.close()
-    meter.close()
+    rid = recorder.run_id
+    with tracked(f"tokenizer {rid}", epochs=key["epochs"], steps_per_epoch=loader.steps_per_epoch,
+                 images_per_step=loader.batch_size, tb_dir=recorder.base["tensorboard_dir"], log=progress) as (bar, meter):
+        for epoch in range(key["epochs"]):
+            loss_sum = torch.zeros((), device=device)
+            n = 0
+            for imgs, _, _ in loader.epoch(epoch):
+                if imgs.shape[0] == 0:
+                    continue
+                x = resize(imgs.to(device, non_blocking=True), view)
+                frac = step / max(total - 1, 1)
+                tau = TAU[0] * (TAU[1] / TAU[0]) ** frac
+                beta = KL_WEIGHT * min(1.0, frac / 0.2)
+                logits = model.encoder(x)
+                recon = model.decode_soft(F.gumbel_softmax(logits, tau=tau, dim=1))
+                mse = F.mse_loss(recon, x)
+                logq = F.log_softmax(logits, dim=1)
+                kl = (logq.exp() * logq).sum(dim=1).mean() + log_v  # KL(q || uniform) per token
+                loss = mse + beta * kl
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += mse.detach()
+                n, step = n + 1, step + 1
+                bar.update(1)
+                if step % LOG_EVERY == 0:
+                    meter.step(step, mse.item(), sched.get_last_lr()[0])
+            # rank 0 trains it alone (the other ranks wait for its file): no all-reduce
+            history.append(epoch_mean(loss_sum, n, lambda v: f"tokenizer {rid}: non-finite loss ({v}) in epoch {epoch}",
+                                      reduce=False))
+            payload = meter.epoch_end(epoch, step, history[-1], sched.get_last_lr()[0])
+            recorder.write("running", history={"loss": history}, progress=payload)
     wall = time.perf_counter() - t0
     model.eval()
     metrics = evaluate_tokenizer(model, dataset, model_cfg, data_cfg, view, device)
-    record = {"run_id": tokenizer_id(key), "kind": "tokenizer", "status": "done", "tokenizer": key,
-              "history": {"loss": history}, "metrics": metrics, "wall_time_s": wall, "steps": total,
-              "finished_at": results.now(), **results.environment(device)}
+    record = recorder.build("done", history={"loss": history}, metrics=metrics, wall_time_s=wall, steps=total,
+                            finished_at=results.now())
     record = json.loads(json.dumps(record, default=str))  # plain data (torch's version is a str subclass)
     return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "key": key, "record": record}
 
@@ -224,9 +218,10 @@ def evaluate_tokenizer(model: DVAE, train_set, model_cfg, data_cfg, view: int, d
 
 
 def prepare_tokenizer(dataset, model_cfg, data_cfg, patch: int, cache_dir: str, device,
-                      results_dir: str | None = None, progress: bool = False) -> tuple[DVAE, dict]:
+                      results_dir: str | None = None, progress: bool = False, run_cfg=None) -> tuple[DVAE, dict]:
     """The tokenizer for this config: from the cache, else trained now and cached. Its record is
-    written to `results_dir` (default: the cache folder) if not there yet."""
+    written to `results_dir` (default: the cache folder) if not there yet; it carries the preset and
+    config of `run_cfg`, the run it is prepared for."""
     key = tokenizer_key(model_cfg, data_cfg, dataset, patch)
     path = os.path.join(cache_dir, tokenizer_id(key) + ".pt")
     blob = load_cached(path, key)
@@ -235,13 +230,14 @@ def prepare_tokenizer(dataset, model_cfg, data_cfg, patch: int, cache_dir: str, 
     where = results_dir or cache_dir
     if blob is None:
         print(f"training the dVAE tokenizer {tokenizer_id(key)} (once: cached as {path})", flush=True)
-        with results.ending_recorded(where, tokenizer_id(key), kind="tokenizer", tokenizer=key):
-            blob = train_tokenizer(dataset, model_cfg, data_cfg, key, device, progress, where)
+        run = {"preset": run_cfg.run.preset, "config": run_cfg.to_dict()} if run_cfg is not None else {}
+        with results.ending_recorded(where, tokenizer_id(key), kind="tokenizer", tokenizer=key, **run):
+            blob = train_tokenizer(dataset, model_cfg, data_cfg, key, device, progress, where, run_cfg)
             os.makedirs(cache_dir, exist_ok=True)
             atomic_write(path, lambda tmp: torch.save(blob, tmp))
     record = {**blob["record"], "weights": os.path.abspath(path)}
     if int(os.environ.get("RANK", 0)) == 0:
-        if (results.read_record(where, record["run_id"]) or {}).get("status") != "done":
+        if not results.finished(where, record["run_id"]):
             results.write_record(where, record)
     model = DVAE(key["vocab"], key["width"])
     model.load_state_dict(blob["model"])
@@ -261,7 +257,7 @@ def tokenizer_job(cfg, progress: bool = True) -> dict:
     train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
     _, record = prepare_tokenizer(train_set, cfg.model, cfg.data, ARCHS[cfg.model.arch]["patch_size"],
                                   os.path.join(cfg.run.work_dir, "cache"), resolve_device(cfg.run.device),
-                                  cfg.run.results_dir, progress)
+                                  cfg.run.results_dir, progress, cfg)
     return record
 
 
@@ -443,13 +439,13 @@ class DVAETokenTarget(Target):
     def dim(self):
         return self.vocab
 
-    def prepare(self, dataset, cache_dir, device, results_dir=None, progress=False):
+    def prepare(self, dataset, cache_dir, device, results_dir=None, progress=False, run_cfg=None):
         if self.model_cfg.dvae_path:
             self.dalle = load_dalle_encoder(self.model_cfg.dvae_path).to(device)
             self.vocab = self.dalle.vocab
         else:
             self.tokenizer, self.record = prepare_tokenizer(dataset, self.model_cfg, self.data_cfg, self.patch_size,
-                                                            cache_dir, device, results_dir, progress)
+                                                            cache_dir, device, results_dir, progress, run_cfg)
         self.mean = torch.tensor(self.data_cfg.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.data_cfg.std, device=device).view(1, 3, 1, 1)
 
