@@ -4,6 +4,11 @@ Records are the single source of truth for tables and plots. A record holds the 
 (pretrain or an evaluation protocol), status (running | done | preempted | cancelled | failed, the
 last three with a reason), the resolved config, per-epoch history and progress, final metrics and
 the environment it ran in (on a cluster: the job id and its log files).
+
+The run store of every unit (pretraining, evaluations, the tokenizer): the typed record
+(`RunRecord`), the one writer (`write_record`; a running unit writes through a `Recorder`), the one
+done-shortcut (`finished`) and the one loader of a finished pretraining run (`load_pretrain_run`).
+It sits below training and evaluation, which use it; collecting records into tables is above.
 """
 from __future__ import annotations
 

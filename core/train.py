@@ -157,9 +157,6 @@ class _Run:
                 "epoch_count": self.epoch_count, "torch_rng": torch.get_rng_state(),
                 "train_time_s": self.train_time(), "images_seen": self.images_seen, "images_skipped": self.skipped}
 
-    def state(self) -> dict:
-        return self.resumable.state(**self.values())
-
     def resume(self) -> str | None:
         found = self.resumable.latest()
         if found is None:
@@ -302,9 +299,3 @@ class _Run:
             if self.global_step % p.log_every == 0 and self._stopping():
                 break
         return images * self.dist.world, skipped
-
-
-def load_pretrained_encoder(cfg: Config, run_id: str | None = None):
-    """(record, encoder state dict) of a finished pretraining run: for the evaluations."""
-    rec, state, path = results.load_pretrain_run(cfg.run.results_dir, run_id or cfg.run_id())
-    return rec, checkpoint.model_state(state, path)

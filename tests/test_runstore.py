@@ -9,13 +9,15 @@ import signal
 import pytest
 import torch
 
-from core import results
+from core import checkpoint, results
 from core.device import grad_scaler
 from core.distributed import StopFlag
 from core.errors import Preempted, TrainingFailed, UserError
 from core.eval import evaluate
-from core.eval.common import Session, cosine_schedule, fit
+from core.eval.context import Session
+from core.eval.supervised import cosine_schedule, fit
 from core.loop import Resumable, epoch_mean, stop_point
+from core.targets import tokenizer
 from core.train import pretrain
 
 # Records as the suite wrote them before the typed record existed (abridged): a pretraining run
@@ -153,3 +155,33 @@ def test_fit_takes_its_session_explicitly(tmp_path):
                    seed=0, validators={"": lambda: (50.0, 100.0)}, progress=False,
                    ses=Session(ckpt_dir=str(tmp_path / name)))
         assert len(hist["loss"]) == 2 and os.listdir(tmp_path / name) == ["ckpt-000000004.pt"]
+
+
+def test_a_stopped_tokenizer_resumes_to_the_weights_of_an_uninterrupted_one(fast_cfg, tmp_path, monkeypatch):
+    """The tokenizer's loop on the skeleton too: SIGUSR1 in its first step stops it after that step
+    with a checkpoint and a `preempted` record; the same job again resumes and ends with the
+    weights and history of an uninterrupted training (it had no checkpoints: a stop lost it all)."""
+    tok = ["model.target=dvae_token", "model.dvae_epochs=2", "model.dvae_vocab=16", "model.dvae_width=8",
+           "data.synthetic_size=128"]  # 2 steps an epoch
+    monkeypatch.setattr(tokenizer, "LOG_EVERY", 1)  # a look at the stop flag every step
+    ref = tokenizer.tokenizer_job(fast_cfg(*tok), progress=False)
+    cfg = fast_cfg(*tok, f"run.results_dir={tmp_path}/r2", f"run.work_dir={tmp_path}/w2")
+    real, calls = tokenizer.resize, []
+
+    def resize_then_signal(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+    monkeypatch.setattr(tokenizer, "resize", resize_then_signal)
+    with pytest.raises(Preempted, match=f"stopped by signal {int(signal.SIGUSR1)} at step 1 of tokenizer"):
+        tokenizer.tokenizer_job(cfg, progress=False)
+    rec = results.read_record(cfg.run.results_dir, ref["run_id"])
+    assert rec["status"] == "preempted" and rec["reason"] == f"signal {int(signal.SIGUSR1)}"
+    assert os.path.isfile(rec["last_checkpoint"]) and rec["config"] == cfg.to_dict()
+    monkeypatch.setattr(tokenizer, "resize", real)
+    done = tokenizer.tokenizer_job(cfg, progress=False)
+    assert done["status"] == "done" and done["history"] == ref["history"]
+    assert not os.path.exists(os.path.dirname(rec["last_checkpoint"]))  # the cached weights replace it
+    a, b = checkpoint.load_file(done["weights"])["model"], checkpoint.load_file(ref["weights"])["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -19,8 +19,10 @@ from core.device import resolve_device, resolve_precision
 from core.distributed import StopFlag, init as init_distributed
 from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
-from core.eval.common import (KINDS, PROTOCOLS, Session, check_protocol, encoder_state, eval_data, eval_recorder,
-                              eval_run_id, load_init)
+from core.eval.context import Session
+from core.eval.data import eval_data
+from core.eval.records import KINDS, PROTOCOLS, check_protocol, eval_recorder, eval_run_id
+from core.eval.weights import encoder_state, load_init
 from core.fingerprint import resolve as resolve_dataset
 from core.progress import tensorboard_dir
 

@@ -18,8 +18,11 @@ from torch import nn
 from core.data import eval_transform
 from core.device import grad_scaler
 from core.errors import CheckpointError, DataError
-from core.eval.common import (Accumulate, SeededTimm, Session, cosine_schedule, encoder_state, fit,
-                              is_finetuned_avg, make_loader, validate)
+from core.eval.context import Session
+from core.eval.data import SeededTimm, make_loader
+from core.eval.features import validate
+from core.eval.supervised import Accumulate, cosine_schedule, fit
+from core.eval.weights import encoder_state, is_finetuned_avg
 from core.model import LayerNorm, ViTEncoder, _init_weights
 
 

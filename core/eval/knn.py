@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from core.data import eval_transform
-from core.eval.common import extract, frozen_encoder, make_loader, topk_hits
+from core.eval.data import make_loader
+from core.eval.features import extract, topk_hits
+from core.eval.weights import frozen_encoder
 
 
 @torch.no_grad()

@@ -9,8 +9,11 @@ from torch import nn
 
 from core.data import eval_transform, linprobe_train_transform
 from core.device import grad_scaler
-from core.eval.common import (Accumulate, FeatureLoader, Session, cosine_schedule, extract, fit, frozen_encoder,
-                              frozen_features, make_loader, validate)
+from core.eval.context import Session
+from core.eval.data import FeatureLoader, make_loader
+from core.eval.features import extract, frozen_features, validate
+from core.eval.supervised import Accumulate, cosine_schedule, fit
+from core.eval.weights import frozen_encoder
 
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
