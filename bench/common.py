@@ -216,7 +216,7 @@ def is_oom(e: BaseException) -> bool:
 def append_records(out_dir: str, name: str, records: list[dict]) -> str:
     """Append to <out_dir>/<name>.json (a JSON list), written atomically. An unreadable file is
     never overwritten: the measurement is refused with one line naming it."""
-    from core.checkpoint import atomic_write
+    from core.checkpoint import write_text
 
     path = os.path.join(out_dir, f"{name}.json")
     try:
@@ -228,13 +228,7 @@ def append_records(out_dir: str, name: str, records: list[dict]) -> str:
             if not isinstance(old, list):
                 raise ValueError("not a JSON list")
         # one record a line: small files and readable diffs when they are committed
-        blob = "[\n" + ",\n".join(json.dumps(_round(r), sort_keys=False) for r in old + records) + "\n]"
-
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(blob + "\n")
-
-        atomic_write(path, write)
+        write_text(path, "[\n" + ",\n".join(json.dumps(_round(r), sort_keys=False) for r in old + records) + "\n]\n")
     except (ValueError, json.JSONDecodeError) as e:
         raise UserError(f"benchmark record file {path} is unreadable ({e}); move it away to start a new one") from None
     except OSError as e:

@@ -39,6 +39,15 @@ def atomic_write(path: str, write) -> None:
         pass
 
 
+def write_text(path: str, text: str) -> None:
+    """atomic_write of a text file (records, caches, reports, manifests): all of it or the old one."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
 def save(ckpt_dir: str, step: int, state: dict, keep: int = 2) -> str:
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, NAME.format(step=step))

@@ -138,7 +138,7 @@ class DeferredRequeue:
 
     def _on_signal(self, signum, frame):
         self.asked = True
-        loop = signal.getsignal(signal.SIGUSR1)  # core.train.StopFlag while a training loop runs
+        loop = signal.getsignal(signal.SIGUSR1)  # core.distributed.StopFlag while a training loop runs
         if callable(loop):
             loop(signum, frame)  # stop at the next step, save, raise Preempted
         else:  # between units: nothing unsaved, requeue now

@@ -6,6 +6,8 @@ so `init()` reads one set of variables whoever launched the process. A single pr
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +121,41 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor(float(flag), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# --------------------------------------------------------------------------- stop signals
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limit warning
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (pretraining, evaluation and cluster jobs); a loop checkpoints at its
+    next look (`stopping`: every few optimizer steps and at the end of an epoch) and stops."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def __bool__(self):
+        return self.signum is not None
+
+    def stopping(self, device: torch.device) -> bool:
+        """True on every process once any process got a signal (see any_rank): ask it at the same
+        step on every rank."""
+        return any_rank(bool(self), device)
 
 
 def shutdown() -> None:

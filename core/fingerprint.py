@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 
-from core.checkpoint import atomic_write
+from core.checkpoint import write_text
 from core.config import Config
 from core.data import IMG_EXTENSIONS
 from core.errors import DataError
@@ -66,12 +66,7 @@ def dataset_fingerprint(path: str, backend: str = "torchvision", cache_dir: str 
     if cache and images:  # an empty or wrong folder is reported by check_dataset_path; leave no trace
         try:
             os.makedirs(cache_dir, exist_ok=True)
-            blob = json.dumps({"path": root, "signature": signature, "fingerprint": fp})
-
-            def write(tmp):
-                with open(tmp, "w") as f:
-                    f.write(blob)
-            atomic_write(cache, write)
+            write_text(cache, json.dumps({"path": root, "signature": signature, "fingerprint": fp}))
         except OSError:
             pass  # no cache (read-only work dir): computed again next time, same value
     return fp

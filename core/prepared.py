@@ -22,8 +22,8 @@ from core.distributed import from_env
 from core.errors import TrainingFailed
 from core.model import ARCHS
 from core.targets.base import wait_s
-from core.targets.dvae import VERSION as TOKENIZER_VERSION
-from core.targets.dvae import tokenizer_job
+from core.targets.tokenizer import VERSION as TOKENIZER_VERSION
+from core.targets.tokenizer import tokenizer_job
 from core.targets.pca import pca_job
 
 KINDS = {"pca": "pca", "dvae_token": "tokenizer"}  # target -> the kind of artifact it reads

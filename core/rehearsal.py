@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from core import results
-from core.checkpoint import atomic_write
+from core.checkpoint import atomic_write, write_text
 from core.config import REHEARSAL
 from core.sweep import unit_state
 
@@ -48,10 +48,7 @@ def write_imagefolder(root: str, seed: int = 0) -> int:
                              lambda tmp: pil.save(tmp, format="JPEG", quality=90))
                 n += 1
 
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump({"classes": CLASSES, "per_class": PER_CLASS, "seed": seed}, f)
-    atomic_write(os.path.join(root, MANIFEST), write)
+    write_text(os.path.join(root, MANIFEST), json.dumps({"classes": CLASSES, "per_class": PER_CLASS, "seed": seed}))
     return n
 
 
@@ -75,11 +72,7 @@ def save_outcome(cfg, status: dict, reasons: dict) -> None:
     blob = json.dumps({rid: {"status": st, "reason": reasons.get(rid)} for rid, st in status.items()}, indent=1)
     path = outcome_path(cfg)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(blob)
-    atomic_write(path, write)
+    write_text(path, blob)
 
 
 def load_outcome(cfg) -> dict:

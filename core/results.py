@@ -4,10 +4,16 @@ Records are the single source of truth for tables and plots. A record holds the 
 (pretrain or an evaluation protocol), status (running | done | preempted | cancelled | failed, the
 last three with a reason), the resolved config, per-epoch history and progress, final metrics and
 the environment it ran in (on a cluster: the job id and its log files).
+
+The run store of every unit (pretraining, evaluations, the tokenizer): the typed record
+(`RunRecord`), the one writer (`write_record`; a running unit writes through a `Recorder`), the one
+done-shortcut (`finished`) and the one loader of a finished pretraining run (`load_pretrain_run`).
+It sits below training and evaluation, which use it; collecting records into tables is above.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -15,11 +21,12 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from core import checkpoint
-from core.checkpoint import atomic_write
 from core.config import _flat
 from core.errors import CheckpointError, Preempted, TrainingFailed, UserError
 
@@ -41,20 +48,83 @@ def record_path(results_dir: str, run_id: str) -> str:
     return os.path.join(runs_dir(results_dir), check_id(run_id) + ".json")
 
 
-def write_record(results_dir: str, record: dict) -> str:
-    path = record_path(results_dir, record["run_id"])
+# --------------------------------------------------------------------------- the record
+
+UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET", "__bool__": lambda self: False})()
+
+
+@dataclass
+class RunRecord:
+    """One run's record, typed. Fields left UNSET are absent from the JSON (a pretraining record has
+    no `parent`); keys the suite adds per kind (environment, checkpoints, timings) live in `extra`.
+    from_dict(d).to_dict() == d for every record, so existing files and run ids stay valid."""
+    run_id: str
+    kind: str | None = UNSET  # pretrain | tokenizer | an evaluation protocol
+    status: str | None = UNSET  # running | done | preempted | cancelled | failed
+    parent: str | None = UNSET  # an evaluation's pretraining run
+    reason: str | None = UNSET  # why a unit ended other than done
+    preset: str | None = UNSET
+    config: dict = UNSET  # the resolved config
+    history: dict | None = UNSET  # per-epoch values
+    metrics: dict | None = UNSET
+    progress: dict | None = UNSET  # core.progress: epoch k of N, ETA
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        why = record_problem(d)
+        if why is not None:
+            raise ValueError(f"not a run record: {why}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**{k: v for k, v in out.items() if v is not UNSET}, **self.extra}
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+def write_record(results_dir: str, record: "RunRecord | dict") -> str:
+    """THE record writer: every record of every unit (pretraining, evaluation, tokenizer, an early
+    failure) is written here, atomically, as sorted JSON."""
+    rec = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
+    path = record_path(results_dir, rec.run_id)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        blob = json.dumps(record, indent=1, sort_keys=True, default=_json_default)
-
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(blob)
-
-        atomic_write(path, write)
+        checkpoint.write_text(path, json.dumps(rec.to_dict(), indent=1, sort_keys=True, default=_json_default))
     except OSError as e:
         raise UserError(f"cannot write run record {path}: {e.strerror or e}") from None
     return path
+
+
+class Recorder:
+    """A running unit's record: the fields fixed at its start once, then `write(status, **fields)`
+    whenever it changes (every epoch, at its end). Only the main process writes; every process
+    gets the record back."""
+
+    def __init__(self, results_dir: str, run_id: str, kind: str, cfg=None, *, main: bool = True, **base):
+        self.results_dir, self.run_id, self.main = results_dir, run_id, main
+        self.base = {"run_id": run_id, "kind": kind,
+                     **({"preset": cfg.run.preset, "config": cfg.to_dict()} if cfg is not None else {}), **base}
+
+    def build(self, status: str, **fields) -> dict:
+        """The record as `write` would write it, not written (e.g. until the unit's weights are saved)."""
+        return {**self.base, "status": status, "updated_at": now(), **fields}
+
+    def write(self, status: str, **fields) -> dict:
+        rec = self.build(status, **fields)
+        if self.main:
+            write_record(self.results_dir, rec)
+        return rec
+
+
+def finished(results_dir: str, run_id: str) -> dict | None:
+    """The record of run_id if it is done (the done-shortcut: a finished unit is never run again)."""
+    rec = read_record(results_dir, run_id)
+    return rec if rec is not None and rec.get("status") == "done" else None
 
 
 def _json_default(obj):
@@ -201,6 +271,27 @@ JOB_ENV = {"job_id": "MAE_JOB_ID", "job_stdout": "MAE_JOB_STDOUT", "job_stderr":
 
 def job_fields() -> dict:
     return {k: os.environ[v] for k, v in JOB_ENV.items() if os.environ.get(v)}
+
+
+def pretrain_record(results_dir: str, run_id: str) -> dict:
+    """The record of a finished pretraining run; a one-line error if there is none, it is another
+    kind or it is not done."""
+    rec = read_record(results_dir, check_id(run_id))
+    if rec is None:
+        raise UserError(f"no run record for {run_id} in {runs_dir(results_dir)}")
+    if rec.get("kind") != "pretrain":
+        raise UserError(f"{run_id} is a {rec.get('kind')} record, not a pretraining run")
+    if rec.get("status") != "done":
+        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
+    return rec
+
+
+def load_pretrain_run(results_dir: str, run_id: str) -> tuple[dict, dict, str]:
+    """(record, checkpoint, its path) of a finished pretraining run: exactly its final weights,
+    checked by their hash. Evaluations and reconstruction figures all load a run through here."""
+    rec = pretrain_record(results_dir, run_id)
+    state, path = final_checkpoint(rec)
+    return rec, state, path
 
 
 def final_checkpoint(rec: dict) -> tuple[dict, str]:

@@ -6,18 +6,14 @@ newest checkpoint and ends with the same weights as an uninterrupted run (CPU, s
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 import os
-import signal
-import threading
 import time
 
 import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from core import checkpoint, results, runlock
 from core.config import Config
@@ -25,44 +21,18 @@ from core.data import (EpochLoader, Transformed, build_dataset, check_dataset_pa
                        pretrain_transform)
 from core.device import (autocast, cpu_attention, grad_scaler, keep_freed_memory, resolve_device,
                          resolve_precision)
-from core.distributed import DistInfo, all_sum, any_rank, barrier, init as init_distributed, split_batch
-from core.errors import CheckpointError, DataError, Preempted, TrainingFailed, UserError
+from core.distributed import (DistInfo, StopFlag, all_sum, any_rank, barrier, init as init_distributed,
+                              split_batch)
+from core.errors import CheckpointError, DataError
 from core.ffcv.loaders import ffcv_pretrain_loader
 from core.fingerprint import resolve as resolve_dataset
 from core.flops import mae_forward_flops
 from core.masking import make_mask
 from core.model import MAE
-from core.progress import Progress, show_bar, tensorboard_dir
+from core.loop import Resumable, check_finite, epoch_mean, stop_point, tracked
+from core.progress import tensorboard_dir
 from core.targets import build_target
 from core.targets.dvae import check_dvae_path
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SLURM: preemption / time limit warning
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop checkpoints at its next check (every pretrain.log_every
-    optimizer steps and at the end of an epoch) and stops."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in STOP_SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def __bool__(self):
-        return self.signum is not None
-
 
 def ckpt_dir(cfg: Config, run_id: str | None = None) -> str:
     return os.path.join(cfg.run.work_dir, results.check_id(run_id or cfg.run_id()))
@@ -112,8 +82,8 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     """Train (or resume, or skip) the run `cfg` describes; returns its final record."""
     cfg = resolve_dataset(cfg)  # the dataset's content, not its path, is part of the run id
     run_id = cfg.run_id()
-    done = results.read_record(cfg.run.results_dir, run_id)
-    if done and done.get("status") == "done":
+    done = results.finished(cfg.run.results_dir, run_id)
+    if done:
         return done
     check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
     if cfg.model.target == "dvae_token":
@@ -128,8 +98,7 @@ def pretrain(cfg: Config, *, progress: bool = True) -> dict:
     # one process at a time per run (rank 0 holds it for its DDP group): a second runner waits, then
     # finds the record done and trains nothing; its own end never touches the holder's record
     with runlock.hold(ckpt_dir(cfg, run_id), run_id, enabled=dist.is_main):
-        done = results.read_record(cfg.run.results_dir, run_id)
-        if any_rank(bool(done and done.get("status") == "done"), device):
+        if any_rank(bool(results.finished(cfg.run.results_dir, run_id)), device):
             return results.read_record(cfg.run.results_dir, run_id)
         with results.ending_recorded(cfg.run.results_dir, run_id, **fields), StopFlag() as stop:
             return _Run(cfg, run_id, device, dist, stop, progress).train()
@@ -146,7 +115,7 @@ class _Run:
         train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
         self.target = build_target(cfg.model, cfg.data)
         self.target.prepare(train_set, os.path.join(cfg.run.work_dir, "cache"), device,
-                            results_dir=cfg.run.results_dir)
+                            results_dir=cfg.run.results_dir, run_cfg=cfg)
         self.loader = self._loader(train_set)
         self.steps_per_epoch = self.loader.steps_per_epoch // p.accum_iter  # optimizer steps
         if self.steps_per_epoch < 1:
@@ -164,6 +133,8 @@ class _Run:
         if p.compile:
             self.step_fn = torch.compile(self.step_fn)
         self.progress = progress and dist.is_main
+        self.resumable = Resumable(self.ckpt_dir, main=dist.is_main, keep=p.keep_checkpoints, model=self.model,
+                                   optimizer=self.optimizer, scaler=self.scaler)
         self.history: list[float] = []
         self.global_step = 0  # optimizer steps done
         self.epoch_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -180,24 +151,21 @@ class _Run:
 
     # ------------------------------------------------------------------ state
 
-    def state(self) -> dict:
+    def values(self) -> dict:
+        """The checkpoint's plain values besides the model, optimizer and scaler state dicts."""
         return {"format": "mae-suite/1", "run_id": self.run_id, "config": self.cfg.to_dict(),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "global_step": self.global_step,
-                "history": list(self.history), "epoch_sum": self.epoch_sum.cpu(),
+                "global_step": self.global_step, "history": list(self.history), "epoch_sum": self.epoch_sum.cpu(),
                 "epoch_count": self.epoch_count, "torch_rng": torch.get_rng_state(),
                 "train_time_s": self.train_time(), "images_seen": self.images_seen, "images_skipped": self.skipped}
 
     def resume(self) -> str | None:
-        found = checkpoint.latest(self.ckpt_dir)
+        found = self.resumable.latest()
         if found is None:
             return None
         state, path = found
         if state.get("run_id") != self.run_id:
             raise CheckpointError(f"{path} belongs to run {state.get('run_id')}, not {self.run_id}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.resumable.load(state)
         self.global_step, self.history = state["global_step"], list(state["history"])
         self.epoch_sum = state["epoch_sum"].to(self.device)
         self.epoch_count = state["epoch_count"]
@@ -211,20 +179,11 @@ class _Run:
         return self.time_before + time.perf_counter() - self.t_start
 
     def save(self) -> str | None:
-        if not self.dist.is_main:
-            return None
-        return checkpoint.save(self.ckpt_dir, self.global_step, self.state(), self.cfg.pretrain.keep_checkpoints)
+        return self.resumable.save(self.global_step, **self.values())
 
     def write_record(self, status: str, **extra) -> dict:
-        rec = {"run_id": self.run_id, "kind": "pretrain", "status": status, "preset": self.cfg.run.preset,
-               "config": self.cfg.to_dict(), "history": {"loss": list(self.history)},
-               "checkpoint_dir": self.ckpt_dir, "precision": self.precision,
-               "tensorboard_dir": tensorboard_dir(self.cfg.run.results_dir, self.run_id),
-               "world_size": self.dist.world, "updated_at": results.now(), "started_at": self.started,
-               "resumed_from": self.resumed_from, **self.env, **extra}
-        if self.dist.is_main:
-            results.write_record(self.cfg.run.results_dir, rec)
-        return rec
+        return self.recorder.write(status, history={"loss": list(self.history)}, resumed_from=self.resumed_from,
+                                   **extra)
 
     # ------------------------------------------------------------------ loop
 
@@ -233,34 +192,28 @@ class _Run:
         self.time_before, self.images_seen, self.skipped = 0.0, 0, 0
         self.resumed_from = self.resume()
         flops = mae_forward_flops(cfg.model, self.target.dim)
-        self.env, self.started = results.environment(self.device), results.now()
+        self.recorder = results.Recorder(
+            cfg.run.results_dir, self.run_id, "pretrain", cfg, main=self.dist.is_main, checkpoint_dir=self.ckpt_dir,
+            precision=self.precision, tensorboard_dir=tensorboard_dir(cfg.run.results_dir, self.run_id),
+            world_size=self.dist.world, started_at=results.now(), **results.environment(self.device))
         self.write_record("running")
         total_steps = p.epochs * self.steps_per_epoch
-        self.meter = Progress(f"pretrain {self.run_id}", epochs=p.epochs, steps_per_epoch=self.steps_per_epoch,
-                              images_per_step=p.batch_size, step=self.global_step, elapsed_before=self.time_before,
-                              tb_dir=tensorboard_dir(cfg.run.results_dir, self.run_id), main=self.dist.is_main,
-                              log=self.progress)
-        bar = tqdm(total=total_steps, initial=self.global_step, disable=not show_bar(self.progress), unit="step",
-                   desc=f"pretrain {self.run_id}", dynamic_ncols=True, mininterval=1.0)
         self.t_start = time.perf_counter()
         self.model.train()
-        try:
+        # a failure's status and reason: pretrain()'s ending_recorded
+        with tracked(f"pretrain {self.run_id}", epochs=p.epochs, steps_per_epoch=self.steps_per_epoch,
+                     images_per_step=p.batch_size, step=self.global_step, elapsed_before=self.time_before,
+                     tb_dir=tensorboard_dir(cfg.run.results_dir, self.run_id), main=self.dist.is_main,
+                     log=self.progress) as (bar, self.meter):
             while self.global_step < total_steps:
                 epoch, step_in_epoch = divmod(self.global_step, self.steps_per_epoch)
                 step_before = self.global_step
                 n, k = self._train_epoch(epoch, step_in_epoch, bar)
                 self.images_seen, self.skipped = self.images_seen + n, self.skipped + k
-                if self._stopping():
-                    path = self.save()
-                    self.write_record("preempted", reason=f"signal {self.stop.signum}", last_checkpoint=path)
-                    raise Preempted(f"stopped by signal {self.stop.signum} at step {self.global_step}; "
-                                    f"checkpoint {path}")
+                stop_point(self.stop, self.device, f"step {self.global_step}", self._save_preempted)
                 check_unreadable(epoch, self.global_step - step_before, n,
                                  int(all_sum(torch.tensor(float(k), dtype=torch.float64)).item()), cfg.data)
                 self._end_epoch(epoch)
-        finally:  # a failure's status and reason: pretrain()'s ending_recorded
-            bar.close()
-            self.meter.close()
         elapsed = self.train_time()
         barrier()
         final = os.path.join(self.ckpt_dir, checkpoint.NAME.format(step=self.global_step))
@@ -274,12 +227,14 @@ class _Run:
         barrier()  # no rank goes on (to an evaluation that reads this record) before rank 0 has written it
         return rec
 
+    def _save_preempted(self) -> str | None:
+        path = self.save()
+        self.write_record("preempted", reason=f"signal {self.stop.signum}", last_checkpoint=path)
+        return path
+
     def _end_epoch(self, epoch: int):
         # the epoch's loss over every rank's images, not rank 0's alone
-        total = all_sum(torch.stack([self.epoch_sum, torch.tensor(float(self.epoch_count), dtype=torch.float64,
-                                                                  device=self.epoch_sum.device)]))
-        mean = (total[0] / total[1].clamp(min=1)).item()  # one host sync per epoch
-        self._check_finite(mean, epoch)
+        mean = epoch_mean(self.epoch_sum, self.epoch_count, lambda v: self._non_finite(v, epoch))
         self.history.append(mean)
         self.write_record("running", progress=self.meter.epoch_end(epoch, self.global_step, mean, self._lr()))
         self.epoch_sum.zero_()
@@ -294,14 +249,13 @@ class _Run:
     def _stopping(self) -> bool:
         # With several processes an all-reduce and a host sync: asked every log_every steps and at the
         # end of every epoch, at the same step on every rank (a rank that asked alone would block)
-        return any_rank(bool(self.stop), self.device)
+        return self.stop.stopping(self.device)
 
-    def _check_finite(self, value: float, epoch: int):
-        if not math.isfinite(value):
-            saved = checkpoint.list_checkpoints(self.ckpt_dir)
-            where = (f"the last good checkpoint is kept: {saved[-1]}" if saved else
-                     "no checkpoint was written yet (the run restarts from scratch)")
-            raise TrainingFailed(f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; {where}")
+    def _non_finite(self, value: float, epoch: int) -> str:
+        saved = checkpoint.list_checkpoints(self.ckpt_dir)
+        where = (f"the last good checkpoint is kept: {saved[-1]}" if saved else
+                 "no checkpoint was written yet (the run restarts from scratch)")
+        return f"non-finite loss ({value}) in epoch {epoch} before step {self.global_step}; {where}"
 
     def _train_epoch(self, epoch: int, start_step: int, bar) -> tuple[int, int]:
         """Optimizer steps from `start_step` to the end of the epoch (or to a stop signal)."""
@@ -335,8 +289,7 @@ class _Run:
             self.scheduler.step_update(self.global_step)
             bar.update(1)
             if self.global_step % p.log_every == 0:  # the only host sync inside an epoch
-                value = loss.item()
-                self._check_finite(value, epoch)
+                value = check_finite(loss.item(), lambda v: self._non_finite(v, epoch))
                 rate = (self.images_seen + images * self.dist.world) / self.train_time()
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{rate:.0f}")
@@ -346,15 +299,3 @@ class _Run:
             if self.global_step % p.log_every == 0 and self._stopping():
                 break
         return images * self.dist.world, skipped
-
-
-def load_pretrained_encoder(cfg: Config, run_id: str | None = None):
-    """(config, encoder state dict) of a finished pretraining run: for the evaluations."""
-    run_id = results.check_id(run_id or cfg.run_id())
-    rec = results.read_record(cfg.run.results_dir, run_id)
-    if rec is None:
-        raise UserError(f"no run record for {run_id} in {results.runs_dir(cfg.run.results_dir)}")
-    if rec.get("status") != "done":
-        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
-    state, path = results.final_checkpoint(rec)
-    return rec, checkpoint.model_state(state, path)

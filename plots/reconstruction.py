@@ -16,7 +16,6 @@ import torch
 from core import checkpoint, results
 from core.config import config_from_dict
 from core.data import Transformed, build_dataset, eval_transform
-from core.errors import UserError
 from core.masking import make_mask
 from core.model import MAE, patchify, unpatchify
 from core.targets import Target, build_target
@@ -27,14 +26,7 @@ MASK_GREY = 0.5  # masked patches drawn mid-grey
 
 def load_pretrained(results_dir: str, run_id: str):
     """(config, model in eval mode, target, record) of a finished pretraining run's final checkpoint."""
-    rec = results.read_record(results_dir, run_id)
-    if rec is None:
-        raise UserError(f"no run record for {run_id} in {results.runs_dir(results_dir)}")
-    if rec.get("kind") != "pretrain":
-        raise UserError(f"{run_id} is a {rec.get('kind')} run; reconstructions need a pretraining run")
-    if rec.get("status") != "done":
-        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
-    state, path = results.final_checkpoint(rec)  # exactly the run's final weights, checked by their hash
+    rec, state, path = results.load_pretrain_run(results_dir, run_id)  # exactly its final weights
     cfg = config_from_dict(state.get("config") or rec["config"])
     target = build_target(cfg.model, cfg.data)
     model = MAE(cfg.model, target.dim)

@@ -10,7 +10,7 @@ import torch
 from core.ablation import load_all
 from core.config import build_config
 from core.eval.finetune import ViTClassifier, freeze_for_partial
-from core.eval.common import frozen_features
+from core.eval.features import frozen_features
 from core.eval.linprobe import probe_head
 from core.masking import make_mask
 from core.model import MAE, ViTEncoder

@@ -9,7 +9,7 @@ import torch
 from core import results
 from core.errors import CheckpointError, ConfigError, UserError
 from core.eval import eval_run_id, evaluate, scratch
-from core.eval.common import encoder_state
+from core.eval.weights import encoder_state
 from core.eval.finetune import build
 from core.eval.knn import knn_votes
 from core.eval.linprobe import build_optimizer, probe_head
@@ -71,7 +71,7 @@ def test_layer_decay_groups_have_the_expected_scales(fast_cfg):
     assert groups["head.weight"] == (1.0, 0.05) and groups["patch_embed.proj.weight"][0] == pytest.approx(0.75 ** 5)
     assert "pos_embed" in groups  # trained during fine-tuning, as in the official code
     # the scheduler applies each group's scale: at the end of warm-up every group has lr x scale
-    from core.eval.common import cosine_schedule
+    from core.eval.supervised import cosine_schedule
     sched = cosine_schedule(opt, 10, 1, 4)
     sched.step_update(4)
     lr = cfg.eval.finetune.blr * cfg.eval.finetune.batch_size / 256
@@ -269,12 +269,13 @@ def test_stop_signal_mid_epoch_saves_and_the_rerun_ends_as_an_uninterrupted_one(
     rerun resumes mid-epoch and ends with the weights, EMA and history of an uninterrupted run."""
     import signal
 
-    import core.eval.common
+    import core.eval.features
+    import core.eval.supervised
     from core.errors import Preempted
     ref_cfg = fast_cfg(*SCRATCH3)
     ref = scratch(ref_cfg, progress=False)
     cfg = fast_cfg(*SCRATCH3, f"run.results_dir={tmp_path}/r2", f"run.work_dir={tmp_path}/w2")
-    real, calls = core.eval.common.autocast, []
+    real, calls = core.eval.supervised.autocast, []
 
     # the 2nd training step of epoch 2 (4 steps an epoch, then 2 x 4 validation batches: raw and EMA
     # weights); the flag is looked at every pretrain.log_every=2 steps, so the run stops after step 6
@@ -283,14 +284,16 @@ def test_stop_signal_mid_epoch_saves_and_the_rerun_ends_as_an_uninterrupted_one(
         if len(calls) == 14:
             os.kill(os.getpid(), signal.SIGUSR1)
         return real(*a, **k)
-    monkeypatch.setattr(core.eval.common, "autocast", autocast_then_signal)
+    for module in (core.eval.supervised, core.eval.features):  # training steps and validation batches
+        monkeypatch.setattr(module, "autocast", autocast_then_signal)
     with pytest.raises(Preempted):
         scratch(cfg, progress=False)
     rec = results.read_record(cfg.run.results_dir, ref["run_id"])
     assert rec["status"] == "preempted" and rec["reason"] == f"signal {int(signal.SIGUSR1)}"
     saved = eval_checkpoint(cfg, ref["run_id"])
     assert saved["step"] == 6 and len(saved["history"]["loss"]) == 1  # mid epoch 2
-    monkeypatch.setattr(core.eval.common, "autocast", real)
+    for module in (core.eval.supervised, core.eval.features):
+        monkeypatch.setattr(module, "autocast", real)
     done = scratch(cfg, progress=False)
     assert done["status"] == "done" and done["history"] == ref["history"] and done["metrics"] == ref["metrics"]
     a, b = eval_checkpoint(cfg, ref["run_id"]), eval_checkpoint(ref_cfg, ref["run_id"])

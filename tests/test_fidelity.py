@@ -14,7 +14,10 @@ from torch import nn
 from core.config import Config, build_config
 from core.errors import CheckpointError, ConfigError, UserError
 from core.eval import evaluate
-from core.eval.common import Accumulate, cosine_schedule, eval_data, eval_run_id, fit, make_loader, validate
+from core.eval.data import eval_data, make_loader
+from core.eval.features import validate
+from core.eval.records import eval_run_id
+from core.eval.supervised import Accumulate, cosine_schedule, fit
 from core.eval.finetune import ViTClassifier, build, train_transform
 from core.model import ARCHS, MAE, ViTEncoder, sincos_pos_embed
 
@@ -182,7 +185,7 @@ def official_args(**kw):
 
 
 def test_official_pretraining_checkpoint_with_args_loads_strictly(fast_cfg, tmp_path, capsys):
-    from core.eval.common import encoder_state, load_init
+    from core.eval.weights import encoder_state, load_init
 
     cfg = fast_cfg(*SMALL)
     torch.manual_seed(1)
@@ -199,7 +202,7 @@ def test_official_pretraining_checkpoint_with_args_loads_strictly(fast_cfg, tmp_
 
 
 def test_the_ignored_keys_are_named_in_one_line(fast_cfg, tmp_path, capsys):
-    from core.eval.common import load_init
+    from core.eval.weights import load_init
 
     path = tmp_path / "ckpt.pth"
     torch.save({"model": encoder_weights(), "epoch": 3, "args": official_args()}, path)
@@ -214,7 +217,7 @@ class RunsCode:
 
 
 def test_a_pickle_with_other_objects_is_still_refused(tmp_path):
-    from core.eval.common import load_init
+    from core.eval.weights import load_init
 
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "args": RunsCode()}, path)

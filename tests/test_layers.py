@@ -21,7 +21,7 @@ PROJECT = ("core", "plots", "ablations", "run_all")
 LAYERS = [
     ("foundation", ["core.errors", "core.settings", "core.archs", "core.target_names", "core.mask_rules",
                     "core.cluster_checks"]),  # import nothing of the suite but errors
-    ("utilities", ["core.checkpoint", "core.progress", "core.device", "core.distributed", "core.runlock"]),
+    ("utilities", ["core.checkpoint", "core.progress", "core.device", "core.distributed", "core.runlock", "core.loop"]),
     ("config", ["core.config"]),
     ("plan definitions", ["core.ablation", "ablations"]),
     ("run store", ["core.results"]),

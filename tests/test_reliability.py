@@ -261,7 +261,7 @@ def test_run_ids_cannot_leave_the_results_folder(tmp_path, bad):
 
 def test_every_torch_load_in_the_project_is_weights_only():
     """A pickle can run code when loaded; only weights_only=True refuses it (the DALL-E legacy file
-    goes through core/targets/dvae.py's restricted unpickler instead)."""
+    goes through core/targets/dalle.py's restricted unpickler instead)."""
     import ast
     offenders = []
     for folder in ("core", "plots", "bench", "ablations"):

@@ -108,14 +108,14 @@ def test_evaluation_failing_on_its_data_is_recorded(fast_cfg, monkeypatch):
 
 
 def test_tokenizer_failure_is_recorded_for_the_tokenizer_and_its_run(fast_cfg, monkeypatch):
-    from core.targets import dvae
+    from core.targets import tokenizer
     from core.train import pretrain
 
     cfg = fast_cfg("model.target=dvae_token", "model.dvae_epochs=1")
 
     def broken(*a, **k):
         raise RuntimeError("CUDA error: out of memory")
-    monkeypatch.setattr(dvae, "_train", broken)
+    monkeypatch.setattr(tokenizer, "_train", broken)
     with pytest.raises(RuntimeError):
         pretrain(cfg, progress=False)
     [tok] = [r for r in results.iter_records(cfg.run.results_dir) if r.get("kind") == "tokenizer"]

@@ -156,7 +156,7 @@ def test_requeue_waits_for_the_loop_to_save():
     old_usr2 = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
         with DeferredRequeue() as deferred:
-            signal.signal(signal.SIGUSR1, lambda s, f: stops.append(s))  # core.train.StopFlag while training
+            signal.signal(signal.SIGUSR1, lambda s, f: stops.append(s))  # core.distributed.StopFlag while training
             os.kill(os.getpid(), signal.SIGUSR2)
             assert stops == [signal.SIGUSR2] and calls == [] and deferred.asked
             deferred.requeue()  # after the checkpoint

@@ -14,6 +14,7 @@ from torch import nn
 
 import core.targets.dvae as dvae
 import core.targets.pca as pca
+import core.targets.tokenizer as tokenizer
 from core import results
 from core.config import build_config
 from core.data import build_dataset
@@ -21,6 +22,7 @@ from core.errors import UserError
 from core.model import patchify
 from core.target_names import TARGET_NAMES
 from core.targets import TARGETS, build_target
+from core.targets.dvae_model import DVAE
 from core.targets.hog import BINS, HOGTarget
 
 CPU = torch.device("cpu")
@@ -101,7 +103,7 @@ def test_token_grid_matches_the_patch_grid_for_every_arch():
         t = build_target(cfg.model, cfg.data)
         assert (t.grid, t.view) == (grid, view)
         with torch.device("meta"):
-            logits = dvae.DVAE(16, 4).encoder(torch.empty(1, 3, view, view))
+            logits = DVAE(16, 4).encoder(torch.empty(1, 3, view, view))
         assert logits.shape == (1, 16, grid, grid)
 
 
@@ -129,7 +131,7 @@ def test_tokenizer_trains_on_digits_and_uses_its_codebook(tiny_tokenizer, monkey
     assert m["recon_mse"] < 0.1
     assert len(rec["history"]["loss"]) == cfg.model.dvae_epochs and rec["history"]["loss"][-1] < rec["history"]["loss"][0]
     # a second run needing the same tokenizer loads it from the cache instead of training it again
-    monkeypatch.setattr(dvae, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer trained twice"))
+    monkeypatch.setattr(tokenizer, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer trained twice"))
     again = build_target(cfg.model, cfg.data)
     again.prepare(build_dataset(cfg.data, "train", 32), str(tmp / "cache"), CPU)
     imgs = norm_images(cfg, split="val")

@@ -200,10 +200,10 @@ def test_evaluation_loop_looks_at_the_stop_flag_every_log_every_steps(fast_cfg, 
     """Evaluation training (here the scratch baseline: 2 epochs of 4 steps): the flag is looked at
     every pretrain.log_every steps and after each epoch but the last (its checkpoint just
     written); log_every=3: after steps 3, 4 (the epoch's end) and 6. It was every step."""
-    import core.eval.common
+    import core.distributed
     from core.eval import scratch
-    real, seen = core.eval.common.any_rank, []
-    monkeypatch.setattr(core.eval.common, "any_rank", lambda *a: seen.append(1) or real(*a))
+    real, seen = core.distributed.any_rank, []
+    monkeypatch.setattr(core.distributed, "any_rank", lambda *a: seen.append(1) or real(*a))
     cfg = fast_cfg("model.img_size=16", "data.synthetic_size=64", "eval.scratch.epochs=2",
                    "eval.scratch.warmup_epochs=0", "eval.scratch.batch_size=16", f"pretrain.log_every={log_every}")
     assert scratch(cfg, progress=False)["status"] == "done" and len(seen) == looks

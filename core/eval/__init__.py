@@ -12,18 +12,19 @@ import dataclasses
 import os
 import time
 
-from core import results, runlock
+from core import checkpoint, results, runlock
 from core.config import Config, config_from_dict, validate as validate_config
 from core.data import check_dataset_path
 from core.device import resolve_device, resolve_precision
-from core.distributed import init as init_distributed
+from core.distributed import StopFlag, init as init_distributed
 from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
-from core.eval.common import (KINDS, PROTOCOLS, Record, Session, check_protocol, encoder_state, eval_data,
-                              eval_run_id, load_init, session)
+from core.eval.context import Session
+from core.eval.data import eval_data
+from core.eval.records import KINDS, PROTOCOLS, check_protocol, eval_recorder, eval_run_id
+from core.eval.weights import encoder_state, load_init
 from core.fingerprint import resolve as resolve_dataset
 from core.progress import tensorboard_dir
-from core.train import StopFlag, load_pretrained_encoder
 
 __all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
 
@@ -52,12 +53,13 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     if eval_only:  # checked before anything is read or written
         state = finetune.classifier_state(state, cfg.model.arch, cfg.model.img_size, init)
     eid = eval_run_id(cfg, protocol, parent, eval_only=eval_only)
-    done = results.read_record(cfg.run.results_dir, eid)
-    if done and done.get("status") == "done":
+    done = results.finished(cfg.run.results_dir, eid)
+    if done:
         return done
     check_dataset_path(cfg.data)  # bad input: one line, nothing written (a sweep records it: run_plan)
     if state is None:
-        state = load_pretrained_encoder(cfg, parent)[1]
+        _, obj, path = results.load_pretrain_run(cfg.run.results_dir, parent)
+        state = checkpoint.model_state(obj, path)
     if eval_only:
         return _run(cfg, protocol, eid, parent, state, progress, {**extra, "eval_only": True}, finetune.classify)
     state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
@@ -69,8 +71,8 @@ def scratch(cfg: Config, progress: bool = True) -> dict:
     cfg = resolve_dataset(cfg)
     check_protocol(cfg, "scratch")
     eid = eval_run_id(cfg, "scratch")
-    done = results.read_record(cfg.run.results_dir, eid)
-    if done and done.get("status") == "done":
+    done = results.finished(cfg.run.results_dir, eid)
+    if done:
         return done
     check_dataset_path(cfg.data)
     return _run_once(cfg, "scratch", eid, None, None, progress, {})
@@ -79,13 +81,7 @@ def scratch(cfg: Config, progress: bool = True) -> dict:
 def pretrained_config(cfg: Config, run_id: str) -> Config:
     """cfg with the model and pretraining settings of run `run_id`, so an evaluation builds the
     encoder that run trained and its record carries the run's settings (tables group by them)."""
-    rec = results.read_record(cfg.run.results_dir, run_id)
-    if rec is None:
-        raise UserError(f"no run record for {run_id} in {results.runs_dir(cfg.run.results_dir)}")
-    if rec.get("kind") != "pretrain":
-        raise UserError(f"{run_id} is a {rec.get('kind')} record, not a pretraining run")
-    if rec.get("status") != "done":
-        raise UserError(f"pretraining run {run_id} is {rec.get('status')}, not done")
+    rec = results.pretrain_record(cfg.run.results_dir, run_id)
     try:
         run_cfg = config_from_dict(rec["config"])
     except (ConfigError, KeyError) as e:
@@ -100,8 +96,8 @@ def _run_once(cfg: Config, kind: str, eid: str, *args) -> dict:
     """_run under the evaluation's lock (core.runlock): a second runner of the same sweep waits, then
     returns the record the first one wrote. Rank 0 holds it for a DDP group."""
     with runlock.hold(os.path.join(cfg.run.work_dir, eid), eid, enabled=int(os.environ.get("RANK", 0)) == 0):
-        done = results.read_record(cfg.run.results_dir, eid)
-        if done and done.get("status") == "done":
+        done = results.finished(cfg.run.results_dir, eid)
+        if done:
             return done
         return _run(cfg, kind, eid, *args)
 
@@ -128,14 +124,14 @@ def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: boo
     # kNN trains nothing: no checkpoints; the others save every epoch and at a stop signal
     ckpt = None if kind == "knn" or runner else os.path.join(cfg.run.work_dir, eid)
     tb = tensorboard_dir(cfg.run.results_dir, eid)
-    record = Record(cfg, eid, kind, parent, device, precision=precision, world_size=dist.world, tensorboard_dir=tb,
-                    **extra)
-    with StopFlag() as stop, session(Session(dist, stop, ckpt, record=record, tb_dir=tb,
-                                             stop_every=cfg.pretrain.log_every)):
+    record = eval_recorder(cfg, eid, kind, parent, device, dist.is_main, precision=precision, world_size=dist.world,
+                           tensorboard_dir=tb, **extra)
+    with StopFlag() as stop:
+        ses = Session(dist, stop, ckpt, record=record, tb_dir=tb, stop_every=cfg.pretrain.log_every)
         record.write("running")
         t0 = time.perf_counter()
         try:
-            out = (runner or RUNNERS[kind])(cfg, state, data, device, precision, progress)
+            out = (runner or RUNNERS[kind])(cfg, state, data, device, precision, progress, ses)
         except Preempted:  # saved; the same command (or the requeued job) resumes
             record.write("preempted", reason=f"signal {stop.signum}", wall_time_s=time.perf_counter() - t0)
             raise

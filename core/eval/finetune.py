@@ -18,8 +18,11 @@ from torch import nn
 from core.data import eval_transform
 from core.device import grad_scaler
 from core.errors import CheckpointError, DataError
-from core.eval.common import (Accumulate, SeededTimm, cosine_schedule, encoder_state, fit, is_finetuned_avg,
-                              make_loader, validate)
+from core.eval.context import Session
+from core.eval.data import SeededTimm, make_loader
+from core.eval.features import validate
+from core.eval.supervised import Accumulate, cosine_schedule, fit
+from core.eval.weights import encoder_state, is_finetuned_avg
 from core.model import LayerNorm, ViTEncoder, _init_weights
 
 
@@ -108,14 +111,14 @@ def train_transform(r, cfg):
                                        std=tuple(d.std)))
 
 
-def run(cfg, kind, state, data, device, precision, progress) -> dict:
+def run(cfg, kind, state, data, device, precision, progress, ses: Session | None = None) -> dict:
     r = cfg.eval.scratch if kind == "scratch" else cfg.eval.finetune
     model, optimizer = build(cfg, kind, state, data.num_classes, device)
     loader = Accumulate(make_loader(cfg, data.train, train_transform(r, cfg), r.batch_size // r.accum_iter, True,
-                                    device, key=f"eval.{'scratch' if kind == 'scratch' else 'finetune'}.batch_size"),
+                                    device, key=f"eval.{'scratch' if kind == 'scratch' else 'finetune'}.batch_size", ses=ses),
                         r.accum_iter)
     val_loader = make_loader(cfg, data.val, eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std),
-                             min(r.batch_size, 256), False, device, shard=True)  # accuracy summed over ranks
+                             min(r.batch_size, 256), False, device, shard=True, ses=ses)  # summed over ranks
     mixup = None
     if r.mixup > 0 or r.cutmix > 0:
         mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, label_smoothing=r.smoothing,
@@ -132,7 +135,7 @@ def run(cfg, kind, state, data, device, precision, progress) -> dict:
     history = fit(model, optimizer, cosine_schedule(optimizer, r.epochs, r.warmup_epochs, loader.steps_per_epoch, r.min_lr),
                   loader, epochs=r.epochs, criterion=criterion, precision=precision, device=device,
                   scaler=grad_scaler(precision, device), seed=cfg.eval.seed, validators=validators, mixup=mixup,
-                  ema=ema, progress=progress, desc=kind)
+                  ema=ema, progress=progress, desc=kind, ses=ses)
     metrics = {"top1": history["val_top1"][-1], "top5": history["val_top5"][-1], "train_loss": history["loss"][-1]}
     if ema is not None:  # the paper reports the EMA weights of its baseline; the raw ones are kept too
         metrics = {"top1": history["val_top1_ema"][-1], "top5": history["val_top5_ema"][-1],
@@ -157,7 +160,7 @@ def classifier_state(state: dict, arch: str, img_size: int, source: str) -> dict
             **{k: v for k, v in state.items() if k.startswith(top)}}
 
 
-def classify(cfg, state, data, device, precision, progress) -> dict:
+def classify(cfg, state, data, device, precision, progress, ses: Session | None = None) -> dict:
     """--eval-only: the top-1/top-5 of a fine-tuned classifier on the validation split, nothing trained."""
     classes = state["head.weight"].shape[0]
     if classes != data.num_classes:
@@ -168,6 +171,6 @@ def classify(cfg, state, data, device, precision, progress) -> dict:
     except RuntimeError as e:
         raise CheckpointError(f"the classifier does not load: {str(e).splitlines()[0][:200]}") from None
     val_loader = make_loader(cfg, data.val, eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std),
-                             min(cfg.eval.finetune.batch_size, 256), False, device, shard=True)
+                             min(cfg.eval.finetune.batch_size, 256), False, device, shard=True, ses=ses)
     top1, top5 = validate(model.to(device), val_loader, precision, device)
     return {"metrics": {"top1": top1, "top5": top5}, "epochs": 0}

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from core.data import eval_transform
-from core.eval.common import extract, frozen_encoder, make_loader, topk_hits
+from core.eval.data import make_loader
+from core.eval.features import extract, topk_hits
+from core.eval.weights import frozen_encoder
 
 
 @torch.no_grad()
@@ -22,7 +24,7 @@ def knn_votes(train_f, train_y, query_f, k: int, temperature: float, num_classes
     return torch.cat(out)
 
 
-def run(cfg, state, data, device, precision, progress) -> dict:
+def run(cfg, state, data, device, precision, progress, ses=None) -> dict:
     kc, m, d = cfg.eval.knn, cfg.model, cfg.data
     encoder = frozen_encoder(cfg, state, device)
     tf = eval_transform(m.img_size, d.mean, d.std)  # no augmentation on either side

@@ -9,8 +9,11 @@ from torch import nn
 
 from core.data import eval_transform, linprobe_train_transform
 from core.device import grad_scaler
-from core.eval.common import (Accumulate, FeatureLoader, cosine_schedule, extract, fit, frozen_encoder,
-                              frozen_features, make_loader, validate)
+from core.eval.context import Session
+from core.eval.data import FeatureLoader, make_loader
+from core.eval.features import extract, frozen_features, validate
+from core.eval.supervised import Accumulate, cosine_schedule, fit
+from core.eval.weights import frozen_encoder
 
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
@@ -54,7 +57,7 @@ def build_optimizer(head: nn.Module, lp) -> Lars:
     return Lars(lars_param_groups(head, lp.weight_decay), lr=lr, momentum=0.9, trust_coeff=0.001)
 
 
-def run(cfg, state, data, device, precision, progress) -> dict:
+def run(cfg, state, data, device, precision, progress, ses: Session | None = None) -> dict:
     lp, m, d = cfg.eval.linprobe, cfg.model, cfg.data
     encoder = frozen_encoder(cfg, state, device)
     torch.manual_seed(cfg.eval.seed)
@@ -67,7 +70,7 @@ def run(cfg, state, data, device, precision, progress) -> dict:
     val_loader = FeatureLoader(val_f, val_y, lp.batch_size, cfg.eval.seed, train=False)
     if lp.augment:  # the paper's protocol: a fresh crop and flip of every image in every epoch
         loader = FeatureSteps(make_loader(cfg, data.train, linprobe_train_transform(m.img_size, d.mean, d.std),
-                                          micro, True, device, key="eval.linprobe.batch_size"),
+                                          micro, True, device, key="eval.linprobe.batch_size", ses=ses),
                               encoder, lp.pool, precision, device, lp.accum_iter)
     else:  # no augmentation: every epoch would see the same features, so compute them once
         train_f, train_y = extract(encoder, make_loader(cfg, data.train, val_tf, micro, False, device),
@@ -80,7 +83,7 @@ def run(cfg, state, data, device, precision, progress) -> dict:
                   precision=precision if lp.augment else "fp32", device=device,
                   scaler=grad_scaler(precision, device), seed=cfg.eval.seed,
                   validators={"": lambda: validate(head, val_loader, "fp32", device)},
-                  progress=progress, desc="linprobe")
+                  progress=progress, desc="linprobe", ses=ses)
     return {"metrics": {"top1": history["val_top1"][-1], "top5": history["val_top5"][-1],
                         "train_loss": history["loss"][-1]},
             "history": history, "epochs": lp.epochs}

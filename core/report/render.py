@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from core.checkpoint import atomic_write
+from core.checkpoint import write_text
 from core.errors import UserError
 
 
@@ -62,11 +62,8 @@ def write_tables(tables, out_dir: str) -> list[str]:
 
 
 def _write(path: str, text: str) -> str:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
     try:
-        atomic_write(path, write)
+        write_text(path, text)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     return path

@@ -25,9 +25,11 @@ class Target:
         """Width of the decoder's prediction per patch."""
         raise NotImplementedError
 
-    def prepare(self, dataset, cache_dir: str, device: torch.device, results_dir: str | None = None) -> None:
+    def prepare(self, dataset, cache_dir: str, device: torch.device, results_dir: str | None = None,
+                run_cfg=None) -> None:
         """Fit or load whatever the target needs (a PCA basis, a tokenizer). Default: nothing.
-        A job with its own run record (the dVAE tokenizer) writes it to results_dir (default: cache_dir)."""
+        A job with its own run record (the dVAE tokenizer) writes it to results_dir (default: cache_dir);
+        the record carries the preset and config of run_cfg, the run it is prepared for."""
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
         """Per-patch targets, (B, L, dim) (or (B, L) class indices), computed without gradients."""

@@ -94,7 +94,7 @@ class PCATarget(Target):
                 "patch": self.patch_size, "augmentation": d.augmentation, "mean": list(d.mean),
                 "std": list(d.std), "samples": m.pca_samples, "seed": SEED}
 
-    def prepare(self, dataset, cache_dir, device, results_dir=None):
+    def prepare(self, dataset, cache_dir, device, results_dir=None, run_cfg=None):
         key = self.cache_key(dataset)
         path = os.path.join(cache_dir, f"pca-{config_hash(key)}.pt")
         basis = load_cached(path, key)
