@@ -56,7 +56,7 @@ def test_the_marker_fallback_removes_a_dead_local_holders_marker(tmp_path, monke
 
 
 SWEEP = textwrap.dedent("""
-    import os, sys
+    import os, sys, time
     import core.eval, core.train
     from core.ablation import Ablation
     from core.sweep import make_plan, run_plan
@@ -66,6 +66,9 @@ SWEEP = textwrap.dedent("""
         def wrapper(*a, **k):
             run_id = a[0].run_id if kind == "pretrain" else a[2]
             open(os.path.join(marks, f"{{run_id}}.{{os.getpid()}}"), "w").close()
+            # hold each unit 2 s: the runners start seconds apart (imports) and a tiny unit takes less
+            # than a second, so without it the second could find every unit already done
+            time.sleep(2)
             return fn(*a, **k)
         return wrapper
     core.train._Run.train = counted(core.train._Run.train, "pretrain")

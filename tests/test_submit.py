@@ -320,8 +320,8 @@ def start_and_interrupt(cfg, job_id, cluster):
 
 def preempted_checkpoint(cfg) -> str:
     logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(submit.job_dir(cfg), "*_log.out")))
-    found = [ln.split("; checkpoint ")[1].strip() for ln in logs.splitlines() if ln.startswith("preempted: ")]
-    found = [path for path in found if path != "None"]  # ranks > 0 write none
+    found = [ln.split("; checkpoint ")[1].strip() for ln in logs.splitlines()
+             if ln.startswith("preempted: ") and "; checkpoint " in ln]  # ranks > 0 write none
     assert found, "the job was not preempted (it finished before the signal?)\n" + log_tails(cfg)
     return found[0]
 
