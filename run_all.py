@@ -231,8 +231,8 @@ def cmd_status(args):
 def print_status(plan, cfg, out=print):
     """Counts per ablation; each running unit's epoch, loss, speed and ETA; why units failed or did
     not run; the sweep's expected finish; the cluster jobs."""
+    from core.cluster_status import status_lines, unit_jobs
     from core.progress import clock, duration
-    from core.submit import status_lines, unit_jobs
     from core.sweep import STATES, expected_finish, running_line, sweep_status, unit_statuses
 
     jobs, job_states = unit_jobs(plan, cfg)
@@ -264,14 +264,15 @@ def print_status(plan, cfg, out=print):
 
 
 def cmd_submit(args):
-    from core.submit import flag_overrides, submit
+    from core.cluster_settings import flag_overrides
+    from core.submit import submit
 
     names, overrides = split_targets(args.targets)
     submit(names, args.preset, args.seeds, overrides + flag_overrides(args), dry_run=args.dry_run)
 
 
 def cmd_cancel(args):
-    from core.submit import cancel
+    from core.cluster_status import cancel
 
     plan, overrides = _plan(args)
     cancel(split_targets(args.targets)[0], plan, build_config(args.preset, overrides))

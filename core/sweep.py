@@ -232,7 +232,7 @@ def unit_state(rec: dict | None) -> str:
 
 def unit_status(rec: dict | None, job: dict | None = None) -> tuple[str, str | None]:
     """(state, reason) of one unit from its record and, when a cluster job runs it, that job
-    ({"job_id", "state", "live", "cancelled", "log"}: core.submit.unit_jobs). The job tells what
+    ({"job_id", "state", "live", "cancelled", "log"}: core.cluster_status.unit_jobs). The job tells what
     the record cannot: a job cancelled (scancel, `run_all.py cancel`) while its run saved and
     stopped, or a job that ended before the unit could write anything."""
     ended = job is not None and not job["live"]

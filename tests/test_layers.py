@@ -28,7 +28,9 @@ LAYERS = [
     ("model, data, targets", ["core.model", "core.masking", "core.flops", "core.data", "core.ffcv",
                               "core.fingerprint", "core.targets"]),
     ("train and eval", ["core.train", "core.eval", "core.prepared"]),  # prepared: builds a PCA basis or tokenizer
-    ("orchestration", ["core.sweep", "core.parallel", "core.cluster_job", "core.rehearsal", "core.submit"]),
+    ("orchestration", ["core.sweep", "core.parallel", "core.cluster_job", "core.rehearsal", "core.cluster_settings",
+                       "core.cluster_estimates", "core.cluster_jobs", "core.cluster_arrays", "core.cluster_status",
+                       "core.submit"]),
     ("report", ["core.report"]),
     ("plots", ["plots"]),
     ("cli", ["run_all", "core"]),  # `core` itself only (the package's empty __init__), not core.*

@@ -7,7 +7,7 @@ import pytest
 
 import core.targets.dvae as dvae
 import core.targets.pca as pca
-from core import prepared, results, submit
+from core import cluster_arrays, prepared, results
 from core.ablation import Ablation, select
 from core.config import build_config
 from core.data import build_dataset
@@ -41,7 +41,7 @@ def test_target_plan_has_one_artifact_unit_each_before_and_needed_by_its_users(t
     assert prepared.artifact_kind(build_config("tiny", ["model.target=dvae_token", "model.dvae_path=x.pkl"])) is None
 
     # SLURM: a prepare array first; the runs reading an artifact start after that artifact's task
-    arrays = submit.build_arrays(plan, list(plan.units.values()), {}, "slurm")
+    arrays = cluster_arrays.build_arrays(plan, list(plan.units.values()), {}, "slurm")
     prep = arrays[0]
     assert prep.stage == "prepare" and [t[0].run_id for t in prep.tasks] == [u.run_id for u in plan.artifacts]
     prep.job_ids = ["40_0", "40_1"]
@@ -51,7 +51,7 @@ def test_target_plan_has_one_artifact_unit_each_before_and_needed_by_its_users(t
     free = [a for a in arrays if a.stage == "pretrain" and a.after is None]
     assert len(free) == 1 and all(t[0].needs is None for t in free[0].tasks)
     # a prepare unit still queued from an earlier submission: its users wait for that job
-    again = submit.build_arrays(plan, [u for u in plan.units.values() if u not in plan.artifacts],
+    again = cluster_arrays.build_arrays(plan, [u for u in plan.units.values() if u not in plan.artifacts],
                                 {plan.artifacts[1].run_id: "41"}, "slurm")
     waiting = [a for a in again if a.after == ["41"] * 2]
     assert len(waiting) == 1 and waiting[0].dependency() == "afterok:41"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core import results, submit
+from core import cluster_jobs, results
 from core.ablation import load_all, select
 from core.config import PRESETS, REHEARSAL, SCALED, build_config, flat_dict
 from core.data import ImageFolderImages
@@ -165,7 +165,7 @@ def test_submit_rehearse_runs_one_ablation_on_slurm(slurm_cluster, tmp_path, cap
     code, out, err = cli(capsys, "submit", "mask_token", "--rehearse", "--cluster", "slurm", *dirs)
     assert code == 0, err
     cfg = build_config(REHEARSAL, dirs)
-    data = submit.load_jobs(cfg)
+    data = cluster_jobs.load_jobs(cfg)
     [(pt_ids, _), (ev_ids, dependency)] = [(a["job_ids"], a["dependency"]) for a in data["submissions"][0]["arrays"]]
     assert len(pt_ids) == len(ev_ids) == 2 and dependency == f"aftercorr:{pt_ids[0].split('_')[0]}"
     assert "rehearsal data: 24 JPEG images" in out and "#SBATCH --cpus-per-task=1" in out

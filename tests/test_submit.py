@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import results, submit
+from core import cluster_arrays, cluster_checks, cluster_estimates, cluster_jobs, cluster_settings, cluster_status, results, submit
 from core.cluster_job import ClusterJob
 from core.config import build_config
 from core.errors import ConfigError, UserError
@@ -47,7 +47,7 @@ def plan_of(*cfgs, users=None) -> Plan:
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("48:00:00", 2880), ("1:30", 2), ("2-00:00:00", 2880),
                                            ("1-12", 2160), ("0-01:30", 90)])
 def test_sbatch_time_formats(text, minutes):
-    assert submit.parse_time(text) == minutes
+    assert cluster_checks.parse_time(text) == minutes
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -75,9 +75,9 @@ def test_cluster_settings_are_not_part_of_run_ids():
 def test_paper_pretraining_estimate_matches_its_source():
     """Default sustained rate: the official ViT-L recipe takes ~42 h on 64 V100s for 800 epochs."""
     cfg = build_config("paper")
-    hours = submit.gpu_hours(submit.unit_flops(Unit("pretrain", cfg.run_id(), cfg)), cfg.cluster.sustained_tflops)
+    hours = cluster_estimates.gpu_hours(cluster_estimates.unit_flops(Unit("pretrain", cfg.run_id(), cfg)), cfg.cluster.sustained_tflops)
     assert hours == pytest.approx(42 * 64, rel=0.01)
-    evals = {k: submit.unit_flops(Unit(k, k, cfg if k != "partial" else
+    evals = {k: cluster_estimates.unit_flops(Unit(k, k, cfg if k != "partial" else
                                        build_config("paper", ["eval.finetune.blocks=4"]), cfg.run_id()))
              for k in ("finetune", "linprobe", "knn", "partial", "scratch")}
     assert evals["scratch"] > evals["finetune"] > evals["linprobe"] > evals["partial"] > evals["knn"] > 0
@@ -92,7 +92,7 @@ def units(*specs):
 def test_arrays_align_evaluations_with_their_pretraining_task():
     todo = units(("pt-b", None), ("pt-a", None), ("sc-1", None), ("lp-a", "pt-a"), ("knn-a", "pt-a"),
                  ("lp-done", "pt-done"), ("lp-q", "pt-q"))
-    arrays = submit.build_arrays(None, todo, {"pt-q": "77_2"}, "slurm")
+    arrays = cluster_arrays.build_arrays(None, todo, {"pt-q": "77_2"}, "slurm")
     first, chained, waiting, ready = arrays
     assert [t[0].run_id for t in first.tasks] == ["pt-a", "pt-b", "sc-1"]  # with evaluations first
     assert [[u.run_id for u in t] for t in chained.tasks] == [["lp-a", "knn-a"]] and chained.after is first
@@ -102,20 +102,20 @@ def test_arrays_align_evaluations_with_their_pretraining_task():
     assert chained.dependency() == "afterok:91"
     assert [t[0].run_id for t in waiting.tasks] == ["lp-q"] and waiting.dependency() == "afterok:77_2"
     assert [t[0].run_id for t in ready.tasks] == ["lp-done"] and ready.dependency() is None
-    local = submit.build_arrays(None, todo, {}, "local")  # no dependencies there: one job, in plan order
+    local = cluster_arrays.build_arrays(None, todo, {}, "local")  # no dependencies there: one job, in plan order
     assert len(local) == 1 and [u.run_id for u in local[0].tasks[0]] == [u.run_id for u in todo]
 
 
 def test_sbatch_settings_follow_the_config():
     cfg = build_config("paper", ["cluster.partition='learn'", "cluster.account='1234'", "cluster.mem='480G'",
                                  "cluster.sbatch=('exclusive=', 'mail-type=END')"])
-    text = submit.sbatch_text(cfg, "/shared/jobs", submit.slurm_parameters(cfg, "pretrain", 5, "aftercorr:7"), 5)
+    text = cluster_arrays.sbatch_text(cfg, "/shared/jobs", cluster_arrays.slurm_parameters(cfg, "pretrain", 5, "aftercorr:7"), 5)
     for line in ("--partition=learn", "--account=1234", "--nodes=8", "--gpus-per-node=8", "--ntasks-per-node=8",
                  "--cpus-per-task=10", "--mem=480G", "--time=2880", "--signal=USR2@120", "--array=0-4%5",
                  "--dependency=aftercorr:7", "--kill-on-invalid-dep=yes", "--requeue", "--exclusive",
                  "--mail-type=END"):
         assert f"#SBATCH {line}\n" in text, line
-    assert "gpus_per_node" not in submit.slurm_parameters(tiny("/x"), "pretrain", 1)
+    assert "gpus_per_node" not in cluster_arrays.slurm_parameters(tiny("/x"), "pretrain", 1)
     # the job runs this interpreter, which imports the installed suite: no PYTHONPATH is set
     assert f"{sys.executable} -u -m submitit.core._submit /shared/jobs" in text and "PYTHONPATH" not in text
 
@@ -215,12 +215,12 @@ def test_dry_run_prints_jobs_settings_and_gpu_hours(capsys, monkeypatch, tmp_pat
 def test_local_executor_runs_the_plan_in_a_background_process(tmp_path):
     cfg = tiny(tmp_path, "cluster.executor=local", "pretrain.epochs=1", "pretrain.warmup_epochs=0")
     [array] = submit.submit_plan(plan_of(cfg), cfg, submit.prepare(cfg), log=lambda *a: None)
-    entry = submit.load_jobs(cfg)["units"][cfg.run_id()]
+    entry = cluster_jobs.load_jobs(cfg)["units"][cfg.run_id()]
     assert entry["cluster"] == "local" and entry["job_id"] == array.job_ids[0]
     deadline = time.monotonic() + 120
-    while submit.job_states([entry])[entry["job_id"]] == "RUNNING" and time.monotonic() < deadline:
+    while cluster_jobs.job_states([entry])[entry["job_id"]] == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert submit.job_states([entry])[entry["job_id"]] == "COMPLETED", log_tails(cfg)
+    assert cluster_jobs.job_states([entry])[entry["job_id"]] == "COMPLETED", log_tails(cfg)
     assert results.read_record(cfg.run.results_dir, cfg.run_id())["status"] == "done"
 
 
@@ -228,7 +228,7 @@ def test_local_executor_runs_the_plan_in_a_background_process(tmp_path):
 
 def log_tails(cfg, lines=15) -> str:
     out = []
-    for path in sorted(glob.glob(os.path.join(submit.job_dir(cfg), "*_log.*"))):
+    for path in sorted(glob.glob(os.path.join(cluster_settings.job_dir(cfg), "*_log.*"))):
         text = Path(path).read_text(errors="replace").splitlines()[-lines:]
         out.append(f"== {path}\n" + "\n".join(text))
     return "\n".join(out)
@@ -240,12 +240,12 @@ def wait_for(what, predicate, timeout, cfgs=(), cluster=None):
 
 
 def slurm_states(*job_ids) -> dict:
-    return submit.job_states([{"job_id": j, "cluster": "slurm"} for j in job_ids])
+    return cluster_jobs.job_states([{"job_id": j, "cluster": "slurm"} for j in job_ids])
 
 
 def wait_ended(cfg, job_ids, cluster, timeout=180) -> dict:
     return wait_for(f"jobs {job_ids} to end",
-                    lambda: (s := slurm_states(*job_ids)) and not set(s.values()) & submit.LIVE and s,
+                    lambda: (s := slurm_states(*job_ids)) and not set(s.values()) & cluster_jobs.LIVE and s,
                     timeout, [cfg], cluster)
 
 
@@ -296,7 +296,7 @@ def test_array_sweep_lands_both_records(slurm_cluster, tmp_path, capsys):
     assert code == 0, err
     cfg = build_config("tiny", overrides + ["cluster.cpus_per_task=1"])
     plan = make_plan(select(["mask_token"]), "tiny", 1, overrides)
-    data = submit.load_jobs(cfg)
+    data = cluster_jobs.load_jobs(cfg)
     [(pt_ids, _), (ev_ids, dependency)] = [(a["job_ids"], a["dependency"]) for a in data["submissions"][0]["arrays"]]
     assert len(pt_ids) == len(ev_ids) == 2 and dependency == f"aftercorr:{pt_ids[0].split('_')[0]}"
     assert f"submitted pretrain: {pt_ids[0].split('_')[0]}_[0-1]" in out
@@ -319,7 +319,7 @@ def start_and_interrupt(cfg, job_id, cluster):
 
 
 def preempted_checkpoint(cfg) -> str:
-    logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(submit.job_dir(cfg), "*_log.out")))
+    logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(cluster_settings.job_dir(cfg), "*_log.out")))
     found = [ln.split("; checkpoint ")[1].strip() for ln in logs.splitlines()
              if ln.startswith("preempted: ") and "; checkpoint " in ln]  # ranks > 0 write none
     assert found, "the job was not preempted (it finished before the signal?)\n" + log_tails(cfg)
@@ -378,16 +378,16 @@ def test_cancel_keeps_jobs_other_ablations_share(slurm_cluster, tmp_path):
     plan.units[shared.run_id()].users.append(("decoder_depth", "8", 0))  # the shared baseline
     [array] = submit.submit_plan(plan, own, submit.prepare(own), log=lambda *a: None)
     lines = []
-    assert submit.cancel(["mask_ratio"], plan, own, log=lines.append) == [array.job_ids[0]]
+    assert cluster_status.cancel(["mask_ratio"], plan, own, log=lines.append) == [array.job_ids[0]]
     assert any(ln.startswith(f"kept {array.job_ids[1]} (also used by decoder_depth)") for ln in lines)
 
     def states():
-        return submit.job_states(list(submit.plan_jobs(plan, own)[1].values()))
+        return cluster_jobs.job_states(list(cluster_status.plan_jobs(plan, own)[1].values()))
     wait_for("the first job to be cancelled", lambda: states()[array.job_ids[0]] == "CANCELLED", 30, [own])
-    assert states()[array.job_ids[1]] in submit.LIVE
-    assert submit.cancel(["all"], plan, own, log=lines.append) == [array.job_ids[1]]
+    assert states()[array.job_ids[1]] in cluster_jobs.LIVE
+    assert cluster_status.cancel(["all"], plan, own, log=lines.append) == [array.job_ids[1]]
     wait_for("both cancelled", lambda: set(states().values()) == {"CANCELLED"}, 30, [own])
-    assert "\n".join(submit.status_lines(plan, own)).count("CANCELLED") == 2
+    assert "\n".join(cluster_status.status_lines(plan, own)).count("CANCELLED") == 2
 
 
 def test_dry_run_without_a_reachable_controller_still_prints_the_plan(monkeypatch):
@@ -395,17 +395,17 @@ def test_dry_run_without_a_reachable_controller_still_prints_the_plan(monkeypatc
     that SLURM could not check the settings and goes on; a real submission refuses."""
     no_cluster = "sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host\n" \
                  "sbatch: fatal: Could not establish a configuration source\n"
-    monkeypatch.setattr(submit.subprocess, "run",
+    monkeypatch.setattr(cluster_arrays.subprocess, "run",
                         lambda *a, **k: subprocess.CompletedProcess(a[0], 1, "", no_cluster))
     notes = []
-    submit.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)
+    cluster_arrays.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)
     assert len(notes) == 1 and "settings are not checked" in notes[0]
     with pytest.raises(UserError, match="SLURM rejects the job settings: .*configuration source"):
-        submit.preflight("#!/bin/bash\n")
+        cluster_arrays.preflight("#!/bin/bash\n")
     refused = "sbatch: error: invalid partition specified: nope\n"
-    monkeypatch.setattr(submit.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a[0], 1, "", refused))
+    monkeypatch.setattr(cluster_arrays.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a[0], 1, "", refused))
     with pytest.raises(UserError, match="invalid partition specified: nope"):  # a real refusal, even dry
-        submit.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)
+        cluster_arrays.preflight("#!/bin/bash\n", dry_run=True, log=notes.append)
 
 
 def test_a_variant_failing_at_run_time_is_failed_with_its_reason_and_its_evaluation_not_run(slurm_cluster, tmp_path):
@@ -466,7 +466,7 @@ def test_target_sweep_trains_its_tokenizer_once_before_its_users(slurm_cluster, 
     assert [u.kind for u in plan.units.values()] == ["pca", "tokenizer", "pretrain", "pretrain"]
     cfg = build_config("tiny", overrides)
     submit.submit_plan(plan, cfg, submit.prepare(cfg), log=lambda *a: None)
-    data = submit.load_jobs(cfg)
+    data = cluster_jobs.load_jobs(cfg)
     arrays = data["submissions"][0]["arrays"]
     assert arrays[0]["stage"] == "prepare" and arrays[0]["dependency"] is None, arrays
     every = [j for a in arrays for j in a["job_ids"]]
@@ -484,7 +484,7 @@ def test_target_sweep_trains_its_tokenizer_once_before_its_users(slurm_cluster, 
         assert results.read_record(cfg.run.results_dir, user.run_id)["started_at"] >= art_rec["finished_at"]
         with capsys.disabled():  # shown with -s
             print(f"{art.kind} job {art_job}: {times[art_job]}; {user.cfg.model.target} run job {job}: {times[job]}")
-    logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(submit.job_dir(cfg), "*_log.out")))
+    logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(cluster_settings.job_dir(cfg), "*_log.out")))
     assert logs.count("training the dVAE tokenizer") == 1, logs[-3000:]  # once, in its own unit
     assert all(results.read_record(cfg.run.results_dir, rid)["status"] == "done" for rid in plan.units)
     code, out, _ = cli(capsys, "status", "target", *overrides)
