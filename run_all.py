@@ -343,8 +343,8 @@ def cmd_demo(args):
 
     t0 = time.perf_counter()
     names, overrides = split_targets(args.overrides)
-    # the tiny model does not scale to a second thread (16 px: 43 ms a step on two, 32 ms on one), so
-    # a CPU demo runs one single-thread unit per usable CPU
+    # a CPU demo runs one single-thread unit per usable CPU: the workers overlap the many short
+    # evaluations and the Figure 9 ladder; measured trade-offs in docs/performance.md ("The laptop grid")
     jobs = args.jobs or (usable_cpus() if build_config(args.preset, overrides).run.device == "cpu" else 1)
     ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=(names or ["all"]) + overrides,
                             quiet=args.quiet, out=None, reconstruct=None, jobs=jobs)
