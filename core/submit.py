@@ -67,8 +67,7 @@ def submit_plan(plan, cfg, executor: str, *, dry_run: bool = False, log=print) -
     live = live_jobs(data)
     todo, done, queued = [], 0, 0
     for unit in plan.units.values():
-        rec = results.read_record(cfg.run.results_dir, unit.run_id)
-        if rec and rec.get("status") == "done":
+        if results.finished(cfg.run.results_dir, unit.run_id):
             done += 1
         elif unit.run_id in live:
             queued += 1
