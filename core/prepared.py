@@ -66,27 +66,25 @@ def prepare(cfg, kind: str, *, progress: bool = True) -> dict:
     """The artifact unit of `cfg`: fitted or trained now (rank 0; found in the cache if made before),
     its record written; a finished one is not made again. Other ranks wait for rank 0's record."""
     rid, results_dir = artifact_id(cfg, kind), cfg.run.results_dir
-    rec = results.read_record(results_dir, rid)
-    if rec and rec.get("status") == "done" and os.path.isfile(rec.get("artifact") or ""):
+    rec = results.finished(results_dir, rid)
+    if rec and os.path.isfile(rec.get("artifact") or ""):
         return rec
     dist = from_env()
     if dist.rank != 0:
         return _wait_for_rank0(results_dir, rid, kind)
-    base = {"kind": kind, "preset": cfg.run.preset, "config": cfg.to_dict(), "spec": artifact_spec(cfg, kind),
-            "world_size": dist.world}  # the processes that ran the unit; rank 0 made the artifact
+    # world_size: the processes that ran the unit; rank 0 made the artifact
+    recorder = results.Recorder(results_dir, rid, kind, cfg, spec=artifact_spec(cfg, kind), world_size=dist.world)
     t0, started = time.perf_counter(), results.now()
-    with results.ending_recorded(results_dir, rid, **base):
-        results.write_record(results_dir, {"run_id": rid, **base, "status": "running", "started_at": started,
-                                           "host": platform.node(), "pid": os.getpid(), **results.job_fields()})
+    fields = {k: v for k, v in recorder.base.items() if k != "run_id"}  # what a failure's record keeps
+    with results.ending_recorded(results_dir, rid, **fields):
+        recorder.write("running", started_at=started, host=platform.node(), pid=os.getpid(), **results.job_fields())
         if kind == "tokenizer":
             tok = tokenizer_job(cfg, progress=progress)
             made = {"artifact": tok["weights"], "tokenizer_id": tok["run_id"], "metrics": tok["metrics"]}
         else:
             made = {"artifact": pca_job(cfg)}
-    rec = {"run_id": rid, **base, **made, "status": "done", "started_at": started, "finished_at": results.now(),
-           "wall_time_s": time.perf_counter() - t0, **results.job_fields()}
-    results.write_record(results_dir, rec)
-    return rec
+    return recorder.write("done", **made, started_at=started, finished_at=results.now(),
+                          wall_time_s=time.perf_counter() - t0, **results.job_fields())
 
 
 def _wait_for_rank0(results_dir: str, rid: str, kind: str) -> dict:
