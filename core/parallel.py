@@ -16,9 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from core.device import configure_threads
 from core.errors import Preempted, TrainingFailed, UserError
-from core.prepared import ARTIFACT_KINDS, prepare
-from core.sweep import check_ran_as_planned, needed_what, run_evaluation
-from core.train import pretrain
+from core.sweep import needed_what, run_unit
 
 
 def _init_worker(jobs: int) -> None:
@@ -29,13 +27,7 @@ def _run_unit(unit) -> tuple[str, str, str | None]:
     """(run id, status, reason) of one unit, in a worker. A user error (bad data path, ...) comes
     back as ('error', message) so the parent stops the sweep with that one line, as a serial run does."""
     try:
-        if unit.kind == "pretrain":
-            rec = pretrain(unit.cfg, progress=False)
-        elif unit.kind in ARTIFACT_KINDS:
-            rec = prepare(unit.cfg, unit.kind, progress=False)
-        else:
-            rec = run_evaluation(unit.cfg, unit.kind, run_id=unit.parent, progress=False)
-        check_ran_as_planned(unit, rec)
+        rec = run_unit(unit, progress=False)
         return unit.run_id, rec.get("status", "done"), None
     except TrainingFailed as e:
         return unit.run_id, "failed", str(e)

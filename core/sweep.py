@@ -154,10 +154,6 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, prepare_fn=prepared.
     too, fails that unit only. Returns {run id: status}; `reasons` gets {run id: why not done}."""
     reasons = {} if reasons is None else reasons
     caught = Exception if keep_going else TrainingFailed
-    if pretrain_fn is None:
-        pretrain_fn = pretrain
-    if eval_fn is None:
-        eval_fn = run_evaluation
     for cell in plan.unavailable:
         log(f"unavailable: {cell.ablation}/{cell.variant} seed {cell.seed}: {cell.unavailable}")
     status: dict[str, str] = {}
@@ -171,14 +167,8 @@ def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, prepare_fn=prepared.
             continue
         t0 = time.perf_counter()
         try:
-            if unit.kind == "pretrain":
-                rec = pretrain_fn(unit.cfg, progress=progress)
-            elif unit.kind in prepared.ARTIFACT_KINDS:
-                rec = prepare_fn(unit.cfg, unit.kind, progress=progress)
-            else:
-                rec = eval_fn(unit.cfg, unit.kind, run_id=unit.parent, progress=progress)
+            rec = run_unit(unit, progress=progress, pretrain_fn=pretrain_fn, eval_fn=eval_fn, prepare_fn=prepare_fn)
             status[unit.run_id] = rec.get("status", "done")
-            check_ran_as_planned(unit, rec)
         except Preempted:
             raise
         except caught as e:  # TrainingFailed; in a rehearsal any error: that unit fails, the sweep goes on
@@ -204,6 +194,19 @@ def needed_what(plan: Plan, unit: Unit) -> str:
     """'its pretraining' or 'its tokenizer' (what unit.after is), for a skipped unit's reason."""
     dep = plan.units.get(unit.after)
     return f"its {'pretraining' if dep is None or dep.kind == 'pretrain' else dep.kind}"
+
+
+def run_unit(unit: Unit, *, progress: bool = True, pretrain_fn=None, eval_fn=None, prepare_fn=None) -> dict:
+    """One unit through the function its kind names (None: the real one), checked to have run under
+    its planned id: the serial runner and the --jobs workers (core.parallel) both run units here."""
+    if unit.kind == "pretrain":
+        rec = (pretrain_fn or pretrain)(unit.cfg, progress=progress)
+    elif unit.kind in prepared.ARTIFACT_KINDS:
+        rec = (prepare_fn or prepared.prepare)(unit.cfg, unit.kind, progress=progress)
+    else:
+        rec = (eval_fn or run_evaluation)(unit.cfg, unit.kind, run_id=unit.parent, progress=progress)
+    check_ran_as_planned(unit, rec)
+    return rec
 
 
 def check_ran_as_planned(unit: Unit, rec: dict) -> None:
