@@ -6,6 +6,7 @@ uninterrupted run would, with any number of loader workers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -277,27 +278,32 @@ class Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, key):
-        return self._apply(self.base.load(key[0]), key[1])
+        with torch.random.fork_rng(devices=[]):
+            return self._apply(self.base.load(key[0]), key[1])
 
     def _apply(self, item, seed: int):
+        """One sample under its seed; the caller keeps the global torch RNG (fork_rng)."""
         if item is None:
             return None
         img, label = item
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only, which the transforms draw from: torch.manual_seed would also
-            # queue a lazy CUDA seeding with a formatted stack trace every sample, a third of a tiny
-            # CPU run's time (cProfile: 7.4 of 22 s); the random streams are the same
-            torch.default_generator.manual_seed(seed)
-            return self.transform(img), label
+        # the CPU generator only, which the transforms draw from: torch.manual_seed would also
+        # queue a lazy CUDA seeding with a formatted stack trace every sample, a third of a tiny
+        # CPU run's time (cProfile: 7.4 of 22 s); the random streams are the same
+        torch.default_generator.manual_seed(seed)
+        return self.transform(img), label
 
     def __getitems__(self, keys):
         """A batch (the DataLoader's fetcher calls this when it exists): in-memory tensor images of one
-        size go through the transform's batched path in one call, as each would alone."""
+        size go through the transform's batched path in one call, as each would alone. Otherwise each
+        sample alone, with the RNG states saved once for the batch (the transform's batch_context, if
+        it has one, for the RNGs it seeds itself)."""
         batched = getattr(self.transform, "batch", None)
         items = [self.base.load(index) for index, _ in keys]
         if batched is None or any(it is None or not isinstance(it[0], torch.Tensor) for it in items) \
                 or len({it[0].shape for it in items}) != 1:
-            return [self._apply(item, seed) for item, (_, seed) in zip(items, keys)]
+            held = getattr(self.transform, "batch_context", contextlib.nullcontext)
+            with torch.random.fork_rng(devices=[]), held():
+                return [self._apply(item, seed) for item, (_, seed) in zip(items, keys)]
         imgs = batched(torch.stack([it[0] for it in items]), [seed for _, seed in keys])
         return [(img, it[1]) for img, it in zip(imgs, items)]
 

@@ -78,3 +78,29 @@ def test_pil_images_keep_torchvision_pipeline():
     torch.manual_seed(0)
     out = pretrain_transform("crop_rand", 16, (0.5,) * 3, (0.5,) * 3)(pil)
     assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+
+
+def test_finetune_randaugment_batch_is_each_image_alone_and_keeps_global_rngs():
+    """core.eval.data.SeededTimm under Transformed.__getitems__ saves the host RNGs once per batch
+    (batch_context): each image must come out as it does alone, in any batch order, and the
+    python / numpy / torch global streams must be where they were."""
+    import numpy as np
+    from timm.data import create_transform
+
+    from core.eval.data import SeededTimm
+
+    tf = SeededTimm(create_transform(16, is_training=True, scale=(0.7, 1.0), auto_augment="rand-m9-mstd0.5-inc1",
+                                     interpolation="bicubic", re_prob=0.5, re_mode="pixel", mean=(0.5,) * 3,
+                                     std=(0.5,) * 3))
+    data = Transformed(images(), tf)
+    keys = [(i, sample_seed(5, 0, i)) for i in range(12)]
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    before = random.random(), np.random.rand(), torch.rand(())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    batch = torch.stack([img for img, _ in data.__getitems__(keys)])
+    assert (random.random(), np.random.rand(), torch.rand(())) == before  # global streams untouched
+    assert not tf._batch_held
+    alone = torch.stack([data[k][0] for k in keys])
+    other = torch.stack([img for img, _ in data.__getitems__(keys[::-1])]).flip(0)
+    assert torch.equal(batch, alone) and torch.equal(batch, other)
+    assert len({img.sum().item() for img in batch}) == 12  # augmented, not one image repeated

@@ -45,18 +45,29 @@ def make_loader(cfg: Config, base, transform, batch_size: int, train: bool, devi
                        pin_memory=device.type == "cuda")
 
 
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Seed python's and numpy's RNGs for a block, then restore them. timm's RandAugment, random
-    crop, random erasing and Mixup draw from these, not from torch."""
-    state = random.getstate(), np.random.get_state()
+def _seed_host(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
+
+
+@contextlib.contextmanager
+def host_rngs_restored():
+    """Python's and numpy's RNG states saved on entry and restored on exit."""
+    state = random.getstate(), np.random.get_state()
     try:
         yield
     finally:
         random.setstate(state[0])
         np.random.set_state(state[1])
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed python's and numpy's RNGs for a block, then restore them. timm's RandAugment, random
+    crop, random erasing and Mixup draw from these, not from torch."""
+    with host_rngs_restored():
+        _seed_host(seed)
+        yield
 
 
 class SeededTimm:
@@ -65,11 +76,28 @@ class SeededTimm:
 
     def __init__(self, transform):
         self.transform = transform
+        self._batch_held = False
+
+    @contextlib.contextmanager
+    def batch_context(self):
+        """Transformed.__getitems__ runs a batch inside this: the host RNGs are saved and restored
+        once per batch, not per image (numpy's get/set_state cost 160 us, a fifth of a 16 px image's
+        augmentation). Each image is still seeded alone, so the outputs are the same."""
+        with host_rngs_restored():
+            self._batch_held = True
+            try:
+                yield
+            finally:
+                self._batch_held = False
 
     def __call__(self, img):
         if isinstance(img, torch.Tensor):  # in-memory datasets hold uint8 tensors; RandAugment needs PIL
             img = to_pil_image(img)
-        with seeded(int(torch.randint(2 ** 31 - 1, ()))):
+        seed = int(torch.randint(2 ** 31 - 1, ()))
+        if self._batch_held:
+            _seed_host(seed)
+            return self.transform(img)
+        with seeded(seed):
             return self.transform(img)
 
 
