@@ -21,7 +21,7 @@ from core.config import config_hash
 from core.distributed import from_env
 from core.errors import TrainingFailed
 from core.model import ARCHS
-from core.targets.base import wait_s
+from core.targets.base import wait_for_rank0
 from core.targets.tokenizer import VERSION as TOKENIZER_VERSION
 from core.targets.tokenizer import tokenizer_job
 from core.targets.pca import pca_job
@@ -88,13 +88,9 @@ def prepare(cfg, kind: str, *, progress: bool = True) -> dict:
 
 
 def _wait_for_rank0(results_dir: str, rid: str, kind: str) -> dict:
-    limit, t0 = wait_s(), time.monotonic()
-    while time.monotonic() - t0 < limit:
+    def done():
         rec = results.read_record(results_dir, rid) or {}
-        if rec.get("status") == "done":
-            return rec
         if rec.get("status") in ("failed", "cancelled"):
             raise TrainingFailed(f"{kind} {rid}: rank 0 could not prepare it: {rec.get('reason')}")
-        time.sleep(POLL_S)
-    raise TrainingFailed(f"{kind} {rid}: waited {limit:.0f} s (MAE_PREPARE_WAIT_S) for rank 0 to prepare it; "
-                         f"{HINT[kind]}")
+        return rec if rec.get("status") == "done" else None
+    return wait_for_rank0(done, f"{kind} {rid}", HINT[kind], POLL_S)

@@ -13,6 +13,7 @@ from core.config import build_config
 from core.data import build_dataset
 from core.errors import TrainingFailed
 from core.model import ARCHS
+from core.targets.base import wait_for_rank0
 from core.sweep import make_plan, run_plan
 from core.train import pretrain
 from tests.conftest import FAST
@@ -115,3 +116,12 @@ def test_a_rank_waiting_for_rank0_gives_up_in_one_line(fast_cfg, monkeypatch):
     results.write_record(cfg.run.results_dir, {"run_id": rid, "status": "failed", "reason": "out of memory"})
     with pytest.raises(TrainingFailed, match="rank 0 could not prepare it: out of memory"):
         prepared.prepare(cfg, "tokenizer")
+
+
+def test_the_shared_wait_returns_what_appears_and_names_what_it_waited_for(monkeypatch):
+    monkeypatch.setenv("MAE_PREPARE_WAIT_S", "30")
+    answers = iter([None, None, {"status": "done"}])
+    assert wait_for_rank0(lambda: next(answers), "pca pca-x", "run it", 0.01) == {"status": "done"}
+    monkeypatch.setenv("MAE_PREPARE_WAIT_S", "0.05")
+    with pytest.raises(TrainingFailed, match=r"^pca pca-x: waited 0 s \(MAE_PREPARE_WAIT_S\) for rank 0 to prepare it; run it$"):
+        wait_for_rank0(lambda: None, "pca pca-x", "run it", 0.01)

@@ -109,17 +109,22 @@ def wait_s() -> float:
     return float(os.environ.get("MAE_PREPARE_WAIT_S") or 4 * 3600)
 
 
-def wait_for_cached(path: str, key: dict, what: str, hint: str, poll_s: float = 10.0) -> dict:
-    """The artifact rank 0 is making at `path` (load_cached), once it is there; after wait_s() a
-    one-line TrainingFailed naming it and `hint`, the command that prepares it."""
+def wait_for_rank0(found, what: str, hint: str, poll_s: float):
+    """What `found()` returns once it is not None (it may raise to give up early: rank 0 failed);
+    after wait_s() a one-line TrainingFailed naming `what` and `hint`, the command that prepares it."""
     limit, t0 = wait_s(), time.monotonic()
-    print(f"rank {os.environ.get('RANK')}: waiting up to {limit:.0f} s for rank 0 to prepare the {what} {path}",
-          flush=True)
     while True:
-        blob = load_cached(path, key)
-        if blob is not None:
-            return blob
-        if time.monotonic() - t0 >= limit:
-            raise TrainingFailed(f"the {what} {path} is not there after {limit:.0f} s of waiting for rank 0 "
-                                 f"(MAE_PREPARE_WAIT_S); {hint}")
-        time.sleep(min(poll_s, max(0.1, limit - (time.monotonic() - t0))))
+        value = found()
+        if value is not None:
+            return value
+        waited = time.monotonic() - t0
+        if waited >= limit:
+            raise TrainingFailed(f"{what}: waited {limit:.0f} s (MAE_PREPARE_WAIT_S) for rank 0 to prepare it; {hint}")
+        time.sleep(min(poll_s, max(0.1, limit - waited)))
+
+
+def wait_for_cached(path: str, key: dict, what: str, hint: str, poll_s: float = 10.0) -> dict:
+    """The artifact rank 0 is making at `path` (load_cached), once it is there (wait_for_rank0)."""
+    print(f"rank {os.environ.get('RANK')}: waiting up to {wait_s():.0f} s for rank 0 to prepare the {what} {path}",
+          flush=True)
+    return wait_for_rank0(lambda: load_cached(path, key), f"the {what} {path}", hint, poll_s)
