@@ -268,7 +268,8 @@ PRESETS: dict[str, dict] = {
         "run.preset": "tiny",
         "run.device": "cpu",
         # 16 px, 4 x 4 patches of 4 px (each 2 x 2 of the 8 x 8 digit): 16 tokens, 4 visible at 75 %.
-        # At 32 px (64 tokens) one seed of the grid took the 20 minutes three now take (docs/performance.md)
+        # At 32 px (64 tokens) one seed of the grid took 40.7 minutes on a 2-core machine where three seeds of
+        # this one take 24.9 (docs/performance.md, "The laptop grid")
         "model.arch": "vit_tiny_patch4",
         "model.img_size": 16,
         "model.decoder_depth": 2,
