@@ -2,6 +2,7 @@
 OpenAI's DALL-E encoder file) and HOG."""
 import math
 import os
+import shutil
 import sys
 import types
 import warnings
@@ -19,7 +20,9 @@ from core import results
 from core.config import build_config
 from core.data import build_dataset
 from core.errors import UserError
+from core.fingerprint import resolve as resolve_dataset
 from core.model import patchify
+from core.rehearsal import write_imagefolder
 from core.target_names import TARGET_NAMES
 from core.targets import TARGETS, build_target
 from core.targets.dvae_model import DVAE
@@ -92,6 +95,27 @@ def test_pca_basis_is_cached_and_refitted_when_its_key_changes(fast_cfg, tmp_pat
         f.write(b"garbage")
     c = prepare()
     assert len(fits) == 6 and torch.allclose(c.components, a.components)
+
+
+def test_a_dataset_replaced_in_place_gets_its_own_pca_basis(fast_cfg, tmp_path, monkeypatch):
+    """The cache key holds the images' fingerprint, not only their path and count: other images under
+    the same path (as many) are fitted again; the pretraining run reads the file the unit wrote."""
+    fits = []
+    real = pca.fit_pca
+    monkeypatch.setattr(pca, "fit_pca", lambda x: fits.append(1) or real(x))
+    root = tmp_path / "data"
+    write_imagefolder(str(root), seed=0)
+    cfg = fast_cfg("model.target=pca", "model.pca_samples=500", "data.dataset=imagefolder", f"data.path={root}")
+    first = pca.pca_job(cfg)
+    assert pca.pca_job(cfg) == first and len(fits) == 1  # same images: reused
+    run_cfg = resolve_dataset(cfg)  # what pretrain() builds its target from
+    target = build_target(run_cfg.model, run_cfg.data)
+    target.prepare(build_dataset(run_cfg.data, "train", run_cfg.model.img_size), str(tmp_path / "work" / "cache"), CPU)
+    assert target.cache_path == first and len(fits) == 1
+    shutil.rmtree(root)
+    assert write_imagefolder(str(root), seed=1) > 0  # same path, same count, other pixels
+    second = pca.pca_job(cfg)
+    assert second != first and len(fits) == 2
 
 
 # --------------------------------------------------------------------------- dVAE tokens

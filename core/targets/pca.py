@@ -18,6 +18,7 @@ from core.checkpoint import atomic_write
 from core.config import config_hash
 from core.data import Transformed, build_dataset, check_dataset_path, collate_skipping, pretrain_transform, sample_seed
 from core.errors import DataError
+from core.fingerprint import resolve as resolve_dataset
 from core.model import patchify
 from core.targets.base import Target, load_cached
 
@@ -26,10 +27,15 @@ SEED = 0  # the basis belongs to the data, not to a run: runs of every pretrain.
 
 
 def dataset_identity(data_cfg, dataset) -> dict:
-    """What makes a training set the same one for a cache: its kind, where it lives, its size."""
+    """What makes a training set the same one for a cache: its kind, where it lives, its size and,
+    for files on disk, their content (data.fingerprint: other images under the same path, even as
+    many, are another dataset). Callers pass a config through core.fingerprint.resolve first, as
+    pretrain() and the prepared units do, so every rank and unit computes the same key."""
     ident = {"dataset": data_cfg.dataset, "images": len(dataset)}
     if data_cfg.dataset == "imagefolder":
         ident["path"] = os.path.abspath(data_cfg.path)
+    if data_cfg.fingerprint:
+        ident["fingerprint"] = data_cfg.fingerprint
     if data_cfg.dataset == "synthetic":
         ident["synthetic_size"] = data_cfg.synthetic_size
     return ident
@@ -120,6 +126,7 @@ class PCATarget(Target):
 def pca_job(cfg) -> str:
     """The sweep's `pca` unit: fit (or find) the basis a pca run of `cfg` reads, where that run looks
     for it (on the CPU: an eigendecomposition of a D x D covariance). Returns its cache path."""
+    cfg = resolve_dataset(cfg)  # the key holds the dataset's fingerprint, as the pretraining run's does
     check_dataset_path(cfg.data)
     target = PCATarget(cfg.model, cfg.data)
     target.prepare(build_dataset(cfg.data, "train", cfg.model.img_size), os.path.join(cfg.run.work_dir, "cache"),

@@ -22,6 +22,7 @@ from core.data import (EpochLoader, Transformed, build_dataset, check_dataset_pa
 from core.device import resolve_device
 from core.distributed import StopFlag
 from core.errors import DataError, UserError
+from core.fingerprint import resolve as resolve_dataset
 from core.loop import Resumable, epoch_mean, stop_point, tracked
 from core.model import ARCHS
 from core.progress import tensorboard_dir
@@ -220,6 +221,7 @@ def tokenizer_job(cfg, progress: bool = True) -> dict:
     record goes to cfg.run.results_dir, its weights to the cache every pretraining run reads."""
     if cfg.model.dvae_path:
         raise UserError(f"model.dvae_path={cfg.model.dvae_path} is set: DALL-E's encoder needs no training")
+    cfg = resolve_dataset(cfg)  # the key holds the dataset's fingerprint, as the pretraining run's does
     check_dataset_path(cfg.data)
     train_set = build_dataset(cfg.data, "train", cfg.model.img_size)
     _, record = prepare_tokenizer(train_set, cfg.model, cfg.data, ARCHS[cfg.model.arch]["patch_size"],
