@@ -12,6 +12,7 @@ import os
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -268,6 +269,25 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63)
 
 
+@contextlib.contextmanager
+def host_rngs_restored():
+    """Python's and numpy's RNG states saved on entry and restored on exit."""
+    state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+
+
+@contextlib.contextmanager
+def global_rngs_kept():
+    """The global RNGs a transform may seed (torch's CPU generator, python's, numpy's: timm's
+    transforms draw from the last two) as they were before: drop path and Mixup draw from them."""
+    with torch.random.fork_rng(devices=[]), host_rngs_restored():
+        yield
+
+
 class Transformed(Dataset):
     """Applies a transform with a per-sample seed; item keys are (index, seed) pairs."""
 
@@ -278,11 +298,11 @@ class Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, key):
-        with torch.random.fork_rng(devices=[]):
+        with global_rngs_kept():
             return self._apply(self.base.load(key[0]), key[1])
 
     def _apply(self, item, seed: int):
-        """One sample under its seed; the caller keeps the global torch RNG (fork_rng)."""
+        """One sample under its seed; the caller keeps the global RNGs (global_rngs_kept)."""
         if item is None:
             return None
         img, label = item
@@ -295,14 +315,12 @@ class Transformed(Dataset):
     def __getitems__(self, keys):
         """A batch (the DataLoader's fetcher calls this when it exists): in-memory tensor images of one
         size go through the transform's batched path in one call, as each would alone. Otherwise each
-        sample alone, with the RNG states saved once for the batch (the transform's batch_context, if
-        it has one, for the RNGs it seeds itself)."""
+        sample alone, the global RNGs saved and restored once for the whole batch."""
         batched = getattr(self.transform, "batch", None)
         items = [self.base.load(index) for index, _ in keys]
         if batched is None or any(it is None or not isinstance(it[0], torch.Tensor) for it in items) \
                 or len({it[0].shape for it in items}) != 1:
-            held = getattr(self.transform, "batch_context", contextlib.nullcontext)
-            with torch.random.fork_rng(devices=[]), held():
+            with global_rngs_kept():
                 return [self._apply(item, seed) for item, (_, seed) in zip(items, keys)]
         imgs = batched(torch.stack([it[0] for it in items]), [seed for _, seed in keys])
         return [(img, it[1]) for img, it in zip(imgs, items)]

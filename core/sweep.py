@@ -147,7 +147,7 @@ def ladder_configs(abl: Ablation, protocol: str, cfg: Config, preset: str, overr
     return out
 
 
-def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, prepare_fn=prepared.prepare, log=print,
+def run_plan(plan: Plan, *, pretrain_fn=None, eval_fn=None, prepare_fn=None, log=print,
              progress: bool = True, keep_going: bool = False, reasons: dict | None = None) -> dict:
     """Execute every unit in this process. A failed unit is recorded and the sweep goes on; its
     evaluations are skipped. keep_going (the rehearsal): any error of a unit, a bug or bad input

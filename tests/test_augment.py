@@ -81,9 +81,9 @@ def test_pil_images_keep_torchvision_pipeline():
 
 
 def test_finetune_randaugment_batch_is_each_image_alone_and_keeps_global_rngs():
-    """core.eval.data.SeededTimm under Transformed.__getitems__ saves the host RNGs once per batch
-    (batch_context): each image must come out as it does alone, in any batch order, and the
-    python / numpy / torch global streams must be where they were."""
+    """core.eval.data.SeededTimm seeds python's and numpy's RNGs per image and Transformed restores
+    them (and torch's) once per batch: each image must come out as it does alone, in any batch
+    order, and the python / numpy / torch global streams must be where they were."""
     import numpy as np
     from timm.data import create_transform
 
@@ -99,7 +99,6 @@ def test_finetune_randaugment_batch_is_each_image_alone_and_keeps_global_rngs():
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     batch = torch.stack([img for img, _ in data.__getitems__(keys)])
     assert (random.random(), np.random.rand(), torch.rand(())) == before  # global streams untouched
-    assert not tf._batch_held
     alone = torch.stack([data[k][0] for k in keys])
     other = torch.stack([img for img, _ in data.__getitems__(keys[::-1])]).flip(0)
     assert torch.equal(batch, alone) and torch.equal(batch, other)

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_pil_image
 
 from core.config import Config
-from core.data import EpochLoader, SeededSampler, Transformed, build_dataset
+from core.data import EpochLoader, SeededSampler, Transformed, build_dataset, host_rngs_restored
 from core.distributed import DistInfo, split_batch
 from core.errors import DataError
 from core.eval.context import Session
@@ -51,17 +51,6 @@ def _seed_host(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def host_rngs_restored():
-    """Python's and numpy's RNG states saved on entry and restored on exit."""
-    state = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-
-
-@contextlib.contextmanager
 def seeded(seed: int):
     """Seed python's and numpy's RNGs for a block, then restore them. timm's RandAugment, random
     crop, random erasing and Mixup draw from these, not from torch."""
@@ -72,33 +61,18 @@ def seeded(seed: int):
 
 class SeededTimm:
     """Runs a timm transform on PIL images with python/numpy seeded from the torch RNG, which
-    core.data.Transformed seeds per sample: the same augmentation for any worker count."""
+    core.data.Transformed seeds per sample: the same augmentation for any worker count. Transformed
+    also restores the global RNGs after each batch (not per image: numpy's get/set_state cost 160 us,
+    a fifth of a 16 px image's augmentation)."""
 
     def __init__(self, transform):
         self.transform = transform
-        self._batch_held = False
-
-    @contextlib.contextmanager
-    def batch_context(self):
-        """Transformed.__getitems__ runs a batch inside this: the host RNGs are saved and restored
-        once per batch, not per image (numpy's get/set_state cost 160 us, a fifth of a 16 px image's
-        augmentation). Each image is still seeded alone, so the outputs are the same."""
-        with host_rngs_restored():
-            self._batch_held = True
-            try:
-                yield
-            finally:
-                self._batch_held = False
 
     def __call__(self, img):
         if isinstance(img, torch.Tensor):  # in-memory datasets hold uint8 tensors; RandAugment needs PIL
             img = to_pil_image(img)
-        seed = int(torch.randint(2 ** 31 - 1, ()))
-        if self._batch_held:
-            _seed_host(seed)
-            return self.transform(img)
-        with seeded(seed):
-            return self.transform(img)
+        _seed_host(int(torch.randint(2 ** 31 - 1, ())))
+        return self.transform(img)
 
 
 class FeatureLoader:
