@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 
-from core.config import PRESETS, REHEARSAL, Config, apply_overrides, build_config, flat_dict, parse_override
+from core.config import Config, apply_overrides, build_config, flat_dict, parse_override
+from core.presets import PRESETS, REHEARSAL
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 
 # The subcommands import the rest of the suite when they run: torch, timm and matplotlib take seconds
@@ -231,7 +232,7 @@ def cmd_status(args):
 def print_status(plan, cfg, out=print):
     """Counts per ablation; each running unit's epoch, loss, speed and ETA; why units failed or did
     not run; the sweep's expected finish; the cluster jobs."""
-    from core.cluster_status import status_lines, unit_jobs
+    from core.cluster.status import status_lines, unit_jobs
     from core.progress import clock, duration
     from core.sweep import STATES, expected_finish, running_line, sweep_status, unit_statuses
 
@@ -264,15 +265,15 @@ def print_status(plan, cfg, out=print):
 
 
 def cmd_submit(args):
-    from core.cluster_settings import flag_overrides
-    from core.submit import submit
+    from core.cluster.settings import flag_overrides
+    from core.cluster.submit import submit
 
     names, overrides = split_targets(args.targets)
     submit(names, args.preset, args.seeds, overrides + flag_overrides(args), dry_run=args.dry_run)
 
 
 def cmd_cancel(args):
-    from core.cluster_status import cancel
+    from core.cluster.status import cancel
 
     plan, overrides = _plan(args)
     cancel(split_targets(args.targets)[0], plan, build_config(args.preset, overrides))

@@ -12,7 +12,7 @@ import pkgutil
 from dataclasses import dataclass, field
 
 import ablations
-from core.config import PLAN_OF
+from core.presets import PLAN_OF
 from core.errors import UserError
 
 PAPER_PRESET = "paper"

@@ -50,7 +50,7 @@ def submitit_env(job_env=None) -> dict[str, str]:
     """torchrun's variables for this task of a submitit job: rank, local rank and world size from
     submitit's JobEnvironment, the master on the job's first node."""
     if job_env is None:
-        import submitit  # optional here: only a submitit job (core.cluster_job) passes no job_env
+        import submitit  # optional here: only a submitit job (core.cluster.job) passes no job_env
         job_env = submitit.JobEnvironment()
     nodes = max(job_env.num_nodes, 1)
     # one node: loopback, which resolves everywhere; several: the first host of the allocation

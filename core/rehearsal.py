@@ -1,6 +1,6 @@
 """The rehearsal of the paper sweep (README "Before you submit: rehearse"): its data and its summary.
 
-The rehearsal preset (core/config.py: REHEARSAL, SCALED) runs the paper preset's plan unit for unit
+The rehearsal preset (core/presets.py: REHEARSAL, SCALED) runs the paper preset's plan unit for unit
 at miniature size, through the same launchers: torchrun for `run --rehearse`, SLURM arrays for
 `submit --rehearse`. This module writes the small ImageFolder of real JPEG files it trains on and
 sums up how every unit ended.
@@ -15,7 +15,7 @@ from PIL import Image
 
 from core import results
 from core.checkpoint import atomic_write, write_text
-from core.config import REHEARSAL
+from core.presets import REHEARSAL
 from core.sweep import unit_state
 
 # 4 classes x (4 train + 2 val) images: the 16 of a training batch, a val split every rank sees

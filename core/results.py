@@ -264,7 +264,7 @@ def ending_recorded(results_dir: str, run_id: str, **fields):
         raise
 
 
-# Set by a cluster job (core.cluster_job) for every process it starts: which job wrote a record and
+# Set by a cluster job (core.cluster.job) for every process it starts: which job wrote a record and
 # where its log is, so a failure's reason leads to the full traceback.
 JOB_ENV = {"job_id": "MAE_JOB_ID", "job_stdout": "MAE_JOB_STDOUT", "job_stderr": "MAE_JOB_STDERR"}
 

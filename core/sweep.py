@@ -2,7 +2,7 @@
 
 Identical configs are one run (the Table 1 baseline shared by every ablation is trained once per
 seed). Finished runs are skipped and interrupted ones resume, because pretrain() and evaluate()
-do so by run id. Cluster submission (core/submit.py) executes the very same plan.
+do so by run id. Cluster submission (core/cluster/submit.py) executes the very same plan.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 
 from core import prepared, results
 from core.ablation import PAPER_PRESET, Ablation
-from core.config import SCALED, Config, build_config, flat_dict
+from core.config import Config, build_config, flat_dict
+from core.presets import SCALED
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 from core.eval import eval_run_id, evaluate, scratch
 from core.fingerprint import resolve as resolve_dataset
@@ -235,7 +236,7 @@ def unit_state(rec: dict | None) -> str:
 
 def unit_status(rec: dict | None, job: dict | None = None) -> tuple[str, str | None]:
     """(state, reason) of one unit from its record and, when a cluster job runs it, that job
-    ({"job_id", "state", "live", "cancelled", "log"}: core.cluster_status.unit_jobs). The job tells what
+    ({"job_id", "state", "live", "cancelled", "log"}: core.cluster.status.unit_jobs). The job tells what
     the record cannot: a job cancelled (scancel, `run_all.py cancel`) while its run saved and
     stopped, or a job that ended before the unit could write anything."""
     ended = job is not None and not job["live"]

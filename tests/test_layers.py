@@ -20,7 +20,7 @@ PROJECT = ("core", "plots", "ablations", "run_all")
 # on top. The most specific prefix wins; every module must have one.
 LAYERS = [
     ("foundation", ["core.errors", "core.settings", "core.archs", "core.target_names", "core.mask_rules",
-                    "core.cluster_checks"]),  # import nothing of the suite but errors
+                    "core.cluster.checks", "core.presets"]),  # import nothing of the suite but errors
     ("utilities", ["core.checkpoint", "core.progress", "core.device", "core.distributed", "core.runlock", "core.loop"]),
     ("config", ["core.config"]),
     ("plan definitions", ["core.ablation", "ablations"]),
@@ -28,9 +28,7 @@ LAYERS = [
     ("model, data, targets", ["core.model", "core.masking", "core.flops", "core.data", "core.ffcv",
                               "core.fingerprint", "core.targets"]),
     ("train and eval", ["core.train", "core.eval", "core.prepared"]),  # prepared: builds a PCA basis or tokenizer
-    ("orchestration", ["core.sweep", "core.parallel", "core.cluster_job", "core.rehearsal", "core.cluster_settings",
-                       "core.cluster_estimates", "core.cluster_jobs", "core.cluster_arrays", "core.cluster_status",
-                       "core.submit"]),
+    ("orchestration", ["core.sweep", "core.parallel", "core.rehearsal", "core.cluster"]),
     ("report", ["core.report"]),
     ("plots", ["plots"]),
     ("cli", ["run_all", "core"]),  # `core` itself only (the package's empty __init__), not core.*

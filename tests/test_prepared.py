@@ -7,7 +7,8 @@ import pytest
 
 import core.targets.dvae as dvae
 import core.targets.pca as pca
-from core import cluster_arrays, prepared, results
+from core import prepared, results
+from core.cluster import arrays as cluster_arrays
 from core.ablation import Ablation, select
 from core.config import build_config
 from core.data import build_dataset

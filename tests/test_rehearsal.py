@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core import cluster_jobs, results
+from core import results
+from core.cluster import jobs as cluster_jobs
 from core.ablation import load_all, select
-from core.config import PRESETS, REHEARSAL, SCALED, build_config, flat_dict
+from core.config import build_config, flat_dict
+from core.presets import PRESETS, REHEARSAL, SCALED
 from core.data import ImageFolderImages
 from core.rehearsal import save_outcome, summary_lines, write_imagefolder
 from core.sweep import Plan, Unit, make_plan, run_plan

@@ -171,7 +171,7 @@ class FakeJobEnv:
 
 def test_a_job_failing_before_its_units_start_records_them_all(fast_cfg, monkeypatch):
     """An import error on the node: raised before pretrain() could build a record."""
-    from core import cluster_job
+    from core.cluster import job as cluster_job
     from core.sweep import Unit
 
     cfgs = [fast_cfg(), fast_cfg("model.mask_ratio=0.5")]
@@ -193,7 +193,7 @@ def test_a_job_failing_before_its_units_start_records_them_all(fast_cfg, monkeyp
 
 
 def test_requeue_limit_turns_preempted_into_failed(fast_cfg, monkeypatch):
-    from core import cluster_job
+    from core.cluster import job as cluster_job
     from core.sweep import Unit
 
     cfg = fast_cfg()

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import cluster_arrays, cluster_checks, cluster_estimates, cluster_jobs, cluster_settings, cluster_status, results, submit
-from core.cluster_job import ClusterJob
+from core import results
+from core.cluster import arrays as cluster_arrays, checks as cluster_checks, estimates as cluster_estimates, \
+    jobs as cluster_jobs, settings as cluster_settings, status as cluster_status, submit
+from core.cluster.job import ClusterJob
 from core.config import build_config
 from core.errors import ConfigError, UserError
 from core.sweep import Plan, Unit
@@ -147,7 +149,7 @@ def test_requeue_waits_for_the_loop_to_save():
     loop is listening: the loop is asked to stop, and the handler runs once the loop has saved."""
     import signal
 
-    from core.cluster_job import DeferredRequeue
+    from core.cluster.job import DeferredRequeue
 
     calls, stops = [], []
     old_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_DFL)

@@ -13,7 +13,7 @@ from submitit.core.utils import JobPaths, pickle_load
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from core.checkpoint import write_text
-from core.cluster_settings import sweep_dir
+from core.cluster.settings import sweep_dir
 from core.errors import UserError
 
 # SLURM states of a job that may still run (anything else has ended).

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from submitit.slurm.slurm import _make_sbatch_string
 
-from core.cluster_checks import parse_time
-from core.cluster_settings import tasks_per_node
+from core.cluster.checks import parse_time
+from core.cluster.settings import tasks_per_node
 from core.errors import UserError
 from core.prepared import ARTIFACT_KINDS
 

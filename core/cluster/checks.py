@@ -1,5 +1,5 @@
 """What the cluster settings' types and ranges cannot say: sbatch's time format and the
-pass-through sbatch options. Checked with the config (core.config.validate); core.cluster_arrays uses
+pass-through sbatch options. Checked with the config (core.config.validate); core.cluster.arrays uses
 parse_time for the jobs' limits."""
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import time
 
 from submitit.core.utils import JobPaths
 
-from core.cluster_jobs import LIVE, job_states, jobs_path, load_jobs, save_jobs
+from core.cluster.jobs import LIVE, job_states, jobs_path, load_jobs, save_jobs
 from core.errors import UserError
 
 

@@ -21,12 +21,12 @@ import submitit
 
 from core import results
 from core.ablation import select
-from core.cluster_arrays import Array, build_arrays, preflight, sbatch_text, slurm_parameters
-from core.cluster_checks import parse_time
-from core.cluster_estimates import gpu_hours, unit_flops
-from core.cluster_job import ClusterJob
-from core.cluster_jobs import live_jobs, load_jobs, save_jobs
-from core.cluster_settings import check_resources, check_writable, job_dir, make_folder, resolve_executor, sweep_dir, \
+from core.cluster.arrays import Array, build_arrays, preflight, sbatch_text, slurm_parameters
+from core.cluster.checks import parse_time
+from core.cluster.estimates import gpu_hours, unit_flops
+from core.cluster.job import ClusterJob
+from core.cluster.jobs import live_jobs, load_jobs, save_jobs
+from core.cluster.settings import check_resources, check_writable, job_dir, make_folder, resolve_executor, sweep_dir, \
     tasks_per_node
 from core.config import build_config
 from core.errors import UserError
