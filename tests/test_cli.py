@@ -148,7 +148,8 @@ CASES = [
     (["submit", "mask_ratio", "--preset", "tiny", "--dry-run", "--time", "99:99:99"],
      "cluster.time='99:99:99' has 99 minutes, at most 59"),
     (["plots", "--preset", "tiny", "--reconstruct", "../../x"], "invalid run id '../../x'"),
-    (["plots", "--reconstruct", "pt-00000000000d", "--reconstruct", "pt-000000000009"], "no run record for pt-000000000009"),
+    (["plots", "--reconstruct", "pt-00000000000d", "--reconstruct", "pt-000000000009"],
+     "no run record for pt-000000000009"),
     (["list", "--preset", "nosuch"], "unknown preset 'nosuch'"),
     # an unknown preset is refused by every command that takes one
     *[([*cmd, "--preset", "nosuch"], "unknown preset 'nosuch'")

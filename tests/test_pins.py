@@ -66,14 +66,15 @@ def test_every_imported_third_party_module_is_pinned():
     pins = {**pinned(OPTIONAL_PINS), **pinned(ROOT / "requirements.txt")}
     imports = third_party_imports()
     assert {"torch", "numpy", "PIL"} <= imports.keys()  # the scan sees the suite's imports
-    assert not unpinned(imports, pins), "imported but not pinned as name==version in requirements.txt (the FFCV stack: " \
-        "requirements-ffcv.txt): " \
-        + "; ".join(unpinned(imports, pins))
+    missing = unpinned(imports, pins)
+    assert not missing, ("imported but not pinned as name==version in requirements.txt (the FFCV stack: "
+                         "requirements-ffcv.txt): " + "; ".join(missing))
 
 
 def test_the_check_finds_an_unpinned_module(tmp_path):
     (tmp_path / "core").mkdir()
-    (tmp_path / "core" / "a.py").write_text("import os\nfrom PIL import Image\nimport yaml.loader\nfrom core import b\n")
+    (tmp_path / "core" / "a.py").write_text("import os\nfrom PIL import Image\nimport yaml.loader\n"
+                                            "from core import b\n")
     (tmp_path / "core" / "b.py").write_text("")
     imports = third_party_imports(tmp_path)
     assert sorted(imports) == ["PIL", "yaml"]
