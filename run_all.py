@@ -372,7 +372,7 @@ def resolve_preset(args) -> None:
     --preset, or a path the preset's dataset would ignore, is refused instead of silently unused."""
     if not hasattr(args, "preset"):
         return
-    words = [w for name in ("overrides", "targets") for w in getattr(args, name, None) or [] if "=" in w]
+    words = config_words(args)
     given = {w.split("=", 1)[0].strip(): w.split("=", 1)[1].strip() for w in words}
     if args.preset is None:
         if given.get("data.path") or given.get("data.dataset", "").strip("'\"") == "imagefolder":
@@ -390,6 +390,64 @@ def resolve_preset(args) -> None:
                               f"data.dataset={data.dataset}; "
                               + ("pass --preset paper for ImageNet, or " if args.preset == DEFAULT_PRESET else "")
                               + "set data.dataset=imagefolder to train on that folder")
+
+
+# ------------------------------------------------------------------ preflight
+# Bad input is refused before a command writes anything (a record, a lock, a figure): main() passes
+# every command's arguments through preflight() before the command runs. A command with a preset
+# builds its config from the preset and key=value words (an unknown preset or key: one line, exit 2,
+# in every command); then the checks it declares with set_defaults(checks=...) look at what can be
+# known without running: files it will read, run ids it names, batches against known dataset sizes.
+
+def config_words(args) -> list[str]:
+    """The key=value words of a command (some commands mix them with ablation names)."""
+    return [w for name in ("overrides", "targets") for w in getattr(args, name, None) or [] if "=" in w]
+
+
+def preflight(args) -> None:
+    if not hasattr(args, "preset"):
+        return  # no config (data beton checks its own paths before writing)
+    cfg = build_config(args.preset, config_words(args))
+    for check in getattr(args, "checks", ()):
+        check(args, cfg)
+
+
+def check_dataset(args, cfg):
+    from core.data import check_dataset_path
+
+    check_dataset_path(cfg.data)
+
+
+def check_dvae(args, cfg):
+    """DALL-E's encoder file loads with the safe loader (a sweep's target ablation may use it)."""
+    from core.targets.dalle import check_dvae_path
+
+    check_dvae_path(cfg.model.dvae_path)
+
+
+def check_probe_batch(args, cfg):
+    """The linear probe's batch against the dataset's known size (the config checks the other batches)."""
+    from core.config import check_batches
+
+    if args.protocol == "linprobe":
+        check_batches(cfg, ("eval.linprobe.batch_size",))
+
+
+def check_cluster_flags(args, cfg):
+    from core.cluster.settings import flag_overrides
+
+    build_config(args.preset, config_words(args) + flag_overrides(args))
+
+
+def check_run_ids(option: str):
+    """The pretraining runs named by `option` (one id or a list) have a finished record."""
+    def check(args, cfg):
+        from core.results import pretrain_record
+
+        ids = getattr(args, option, None) or []
+        for run_id in [ids] if isinstance(ids, str) else ids:
+            pretrain_record(cfg.run.results_dir, run_id)
+    return check
 
 
 def add_preset_args(p: argparse.ArgumentParser):
@@ -432,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain one MAE run")
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=cmd_pretrain, checks=(check_dataset, check_dvae))
 
     p = sub.add_parser("config", help="print the resolved configuration: each key's value, one-line description, "
                        "allowed range and, for recipe keys, the paper table it comes from")
@@ -442,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenizer", help="train (or find) the dvae_token target's tokenizer (docs/targets.md)")
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    p.set_defaults(func=cmd_tokenizer)
+    p.set_defaults(func=cmd_tokenizer, checks=(check_dataset,))
 
     p = sub.add_parser("data", help="dataset conversion (FFCV .beton files, docs/ffcv.md)")
     tools = p.add_subparsers(dest="tool", required=True, parser_class=Parser, metavar="TOOL")
@@ -473,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate the fine-tuned classifier given by --init on the validation split, no training")
         add_config_args(q)
         q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-        q.set_defaults(func=cmd_eval)
+        q.set_defaults(func=cmd_eval, checks=(check_dataset, check_probe_batch, check_run_ids("run")))
 
     p = sub.add_parser("demo", help="run every ablation (or those named) at a small preset, then write tables, "
                        "figures and the report")
@@ -483,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "table needs 2 for any verdict; --seeds 1 for a quick look)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.add_argument("--jobs", type=positive_int, help=JOBS_HELP)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, checks=(check_dvae,))
 
     p = sub.add_parser("list", help="list the ablations with their paper source and variant counts")
     p.add_argument("--preset", help="config preset (default tiny)")
@@ -502,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--watch", nargs="?", type=positive_float, const=10.0, default=None, metavar="SECONDS",
                            help="refresh every SECONDS (default 10) until Ctrl-C")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, checks=(check_dvae,) if name == "run" else ())
 
     p = sub.add_parser("submit", help="submit ablation sweeps as cluster job arrays (docs/cluster.md)")
     add_preset_args(p)
@@ -517,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("nodes", "gpus-per-node", "tasks-per-node", "cpus-per-task", "array-parallelism", "signal-delay"):
         p.add_argument(f"--{flag}", type=int, help="cluster." + flag.replace("-", "_").replace("delay", "delay_s"))
     p.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="any other sbatch option (repeatable)")
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=cmd_submit, checks=(check_cluster_flags,))
 
     p = sub.add_parser("cancel", help="cancel the cluster jobs of ablations (or all)")
     add_preset_args(p)
@@ -544,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reconstruct", action="append", metavar="RUN_ID",
                            help="pretraining run to reconstruct images with (repeatable; default: the target "
                                 "ablation's finished runs)")
+            p.set_defaults(checks=(check_run_ids("reconstruct"),))
         p.set_defaults(func=func)
 
     p = sub.add_parser("compare", help="a new ablation, variant or run against a baseline: deltas, seed spread, "
@@ -578,6 +637,7 @@ def main(argv=None) -> int:
     configure_threads(int(local) if local.isdigit() and int(local) > 0 else 1)
     try:
         resolve_preset(args)
+        preflight(args)
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

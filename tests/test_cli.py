@@ -9,11 +9,13 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import run_all
+from plots.style import DEFAULT_OUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,12 +53,23 @@ def world(tmp_path, monkeypatch):
         (runs / f"{rid}.json").write_text(json.dumps(
             {"run_id": rid, "kind": "pretrain", "status": "done", "config": build_config("tiny").to_dict(),
              "last_checkpoint": path, "last_checkpoint_sha256": "0" * 64}))
+    # a finished run whose final checkpoint matches its record: evaluation would get past loading it
+    (runs / "pt-00000000000d.json").write_text(json.dumps(
+        {"run_id": "pt-00000000000d", "kind": "pretrain", "status": "done", "config": build_config("tiny").to_dict(),
+         "last_checkpoint": final, "last_checkpoint_sha256": hashlib.sha256((work / "ckpt-000000000008.pt")
+                                                                             .read_bytes()).hexdigest()}))
     return tmp_path
 
 
 def snapshot(root):
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def figures():
+    """The default figure folder (in the checkout, not the test's folder): names and modification times."""
+    out = Path(DEFAULT_OUT)
+    return {str(p): p.stat().st_mtime_ns for p in sorted(out.rglob("*"))} if out.is_dir() else {}
 
 
 CASES = [
@@ -125,15 +138,34 @@ CASES = [
     # a finished run's final checkpoint is what its record says, or evaluation stops (no older one)
     (["eval", "knn", "--run", "pt-00000000000f"], "does not match the checksum in its record"),
     (["eval", "linprobe", "--run", "pt-00000000000e"], "ckpt-000000000009.pt, is missing; an older one is not used"),
+    # refused before the run writes its record, lock or figures (run_all.preflight)
+    (["pretrain", "--preset", "tiny", "model.target=dvae_token", "model.dvae_path={tmp}/notes.txt"],
+     "model.dvae_path={tmp}/notes.txt is not a DALL-E encoder.pkl"),
+    (["pretrain", "--preset", "tiny", "model.target=dvae_token", "model.dvae_path={tmp}/evil.pth"],
+     "is not a DALL-E encoder.pkl (refused global"),
+    (["eval", "linprobe", "--run", "pt-00000000000d", "data.dataset=synthetic", "data.synthetic_size=64",
+      "eval.linprobe.batch_size=100000"], "eval.linprobe.batch_size=100000 is larger than the 64 training images"),
+    (["submit", "mask_ratio", "--preset", "tiny", "--dry-run", "--time", "99:99:99"],
+     "cluster.time='99:99:99' has 99 minutes, at most 59"),
+    (["plots", "--preset", "tiny", "--reconstruct", "../../x"], "invalid run id '../../x'"),
+    (["plots", "--reconstruct", "pt-00000000000d", "--reconstruct", "pt-000000000009"],
+     "no run record for pt-000000000009"),
+    (["list", "--preset", "nosuch"], "unknown preset 'nosuch'"),
+    # an unknown preset is refused by every command that takes one
+    *[([*cmd, "--preset", "nosuch"], "unknown preset 'nosuch'")
+      for cmd in (["config"], ["tokenizer"], ["eval", "knn"], ["eval", "scratch"], ["demo"], ["run"], ["status"],
+                  ["submit", "--dry-run"], ["cancel"], ["tables"], ["plots"], ["report"], ["compare", "mask_ratio"])],
 ]
 
 
 @pytest.mark.parametrize("args, needle", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, capsys, args, needle):
-    before = snapshot(world)
+    before, figures_before = snapshot(world), figures()
     args = [a.format(tmp=world) for a in args]
+    needle = needle.format(tmp=world)
     try:
-        code = run_all.main(args + ["run.results_dir=results", "run.work_dir=work"])
+        # into the test's folder (`list` takes no key=value words and writes nothing)
+        code = run_all.main(args + ([] if args[0] == "list" else ["run.results_dir=results", "run.work_dir=work"]))
     except SystemExit as e:  # argparse's own errors exit from inside parse_args
         code = e.code
     err = capsys.readouterr().err
@@ -141,6 +173,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, capsys, args, n
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert snapshot(world) == before  # nothing written, nothing changed, no code run
+    assert figures() == figures_before
     assert not (world / "PWNED").exists()
 
 

@@ -47,7 +47,8 @@ def plan_of(*cfgs, users=None) -> Plan:
 # --------------------------------------------------------------------------- no cluster needed
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("48:00:00", 2880), ("1:30", 2), ("2-00:00:00", 2880),
-                                           ("1-12", 2160), ("0-01:30", 90)])
+                                           ("1-12", 2160), ("0-01:30", 90), ("1-23:59:59", 2880),
+                                           ("100:59", 101)])
 def test_sbatch_time_formats(text, minutes):
     assert cluster_checks.parse_time(text) == minutes
 
@@ -55,6 +56,11 @@ def test_sbatch_time_formats(text, minutes):
 @pytest.mark.parametrize("override, needle", [
     ("cluster.time='2 days'", "is not an sbatch time"),
     ("cluster.time='0:30'", "less than a minute"),
+    ("cluster.time='99:99:99'", "has 99 minutes, at most 59 after the first field"),
+    ("cluster.time='1:00:60'", "has 60 seconds, at most 59"),
+    ("cluster.time='90:60'", "has 60 seconds, at most 59"),
+    ("cluster.time='1-24'", "has 24 hours, at most 23 after the days"),
+    ("cluster.time='2-12:60'", "has 60 minutes, at most 59"),
     ("cluster.sbatch=('--exclusive',)", "is not KEY=VALUE"),
     ("cluster.executor=k8s", "is not one of: auto, slurm, local, debug"),
     ("cluster.nodes=0", "cluster.nodes must be >= 1"),

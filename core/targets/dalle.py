@@ -133,17 +133,32 @@ def _collect(obj, prefix: str, out: dict) -> None:
             _collect(child, f"{prefix}{name}.", out)
 
 
-def check_dvae_path(path: str) -> None:
-    """Also before a run starts (bad input: one line, nothing written): DALL-E's encoder file is there."""
-    if path and not os.path.isfile(path):
+_LOADED: set = set()  # (path, size, mtime) of encoders that loaded: checking one again costs nothing
+
+
+def _file_key(path: str) -> tuple:
+    if not os.path.isfile(path):
         raise UserError(f"model.dvae_path={path} does not exist (get encoder.pkl from "
                         f"https://cdn.openai.com/dall-e/encoder.pkl, see docs/targets.md)")
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+
+def check_dvae_path(path: str) -> None:
+    """Before a run starts (bad input: one line, nothing written): DALL-E's encoder file is there and
+    the safe loader reads an encoder from it. Loading is the only way to know (a foreign pickle, one
+    that would run code, a truncated file), so the first check loads it; later ones in this process
+    find it in _LOADED."""
+    if not path:
+        return
+    if _file_key(path) not in _LOADED:
+        load_dalle_encoder(path)
 
 
 def load_dalle_encoder(path: str) -> DalleEncoder:
     """OpenAI's encoder.pkl (or a plain state dict of it) -> DalleEncoder. One-line UserError if the
     file is missing or is not such an encoder."""
-    check_dvae_path(path)
+    key = _file_key(path)
     try:
         obj = _load_pickled_module(path)
     except Exception as e:  # torch raises many types for foreign, truncated or unsafe files
@@ -165,4 +180,5 @@ def load_dalle_encoder(path: str) -> DalleEncoder:
     except (KeyError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"model.dvae_path={path} does not hold DALL-E encoder weights ({first[:160]})") from None
+    _LOADED.add(key)
     return enc.eval().requires_grad_(False)
