@@ -56,11 +56,11 @@ def cmd_pretrain(args):
 
 
 def cmd_config(args):
+    from core.config import all_keys, setting, value_of
     from core.fingerprint import resolve
-    from core.settings import SETTINGS
 
     cfg = resolve(build_config(args.preset, args.overrides))  # the run id with the dataset's fingerprint
-    flat = flat_dict(cfg)
+    flat = {key: value_of(cfg, key) for key in all_keys()}  # every component's settings, used or not
     width = max(len(f"{k} = {v!r}") for k, v in flat.items())
     print(f"# preset {args.preset}{' + ' + ' '.join(args.overrides) if args.overrides else ''}; "
           f"run id {cfg.run_id()}")
@@ -69,7 +69,7 @@ def cmd_config(args):
         if key.rsplit(".", 1)[0] != section:
             section = key.rsplit(".", 1)[0]
             print(f"\n[{section}]")
-        s = SETTINGS[key]
+        s = setting(key)  # core/settings.py, or the Param a component declares (core/registry.py)
         source = f" [{s.source}]" if s.source else ""
         print(f"{key + ' = ' + repr(value):<{width}}  # {s.help}; {s.check.describe()}{source}")
 
