@@ -83,6 +83,8 @@ class Registry(Mapping):
     def register(self, name: str, obj=None, *, help: str = "", params=(), check=None, **extra):
         """Register `obj` under `name`; without `obj`, a decorator. Registering a name twice is an error
         (a plugin cannot silently replace the suite's baseline)."""
+        caller = sys._getframe(1).f_globals.get("__name__", "")  # where data (an arch's dict) was registered
+
         def add(o):
             if name in self._entries and _origin(self._entries[name].obj) != _origin(o):
                 raise UserError(f"two {self.kind}s are registered as {name!r} ({self._entries[name].module} and "
@@ -90,7 +92,8 @@ class Registry(Mapping):
             if isinstance(o, type) and hasattr(o, "name"):  # a registered class knows its name (Target.name)
                 o.name = name
             doc = help or (getattr(o, "__doc__", None) or "").strip().split("\n")[0]
-            entry = Entry(name, o, doc, tuple(params), check, dict(extra), getattr(o, "__module__", "") or "")
+            entry = Entry(name, o, doc.rstrip("."), tuple(params), check, dict(extra),
+                          getattr(o, "__module__", None) or caller)
             for p in entry.params:
                 _claim(p, self, name)
             self._entries[name] = entry

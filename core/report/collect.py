@@ -51,6 +51,7 @@ class Results:
     ablations: dict  # name -> Ablation
     records: dict  # run id -> record
     values: pd.DataFrame  # one row per (ablation, variant, seed, metric)
+    overrides: tuple = ()  # the command line's key=value words the sweep's run ids hold
 
     def summary(self) -> pd.DataFrame:
         return summarise(self.values)
@@ -88,7 +89,7 @@ def collect(preset: str = "tiny", seeds: int = 1, overrides=(), names=(), result
     registry = {a.name: a for a in abls}
     configs = {rid: u.cfg.to_dict() for rid, u in plan.units.items()}
     values = cell_values(plan.cells, registry, preset, records, configs)
-    return Results(preset, results_dir, cfg, plan, registry, records, values)
+    return Results(preset, results_dir, cfg, plan, registry, records, values, tuple(overrides))
 
 
 def _max_seed(frame: pd.DataFrame, preset: str) -> int:

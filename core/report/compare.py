@@ -17,6 +17,7 @@ import pandas as pd
 
 from core.errors import UserError
 from core.report.collect import METRICS, Results, protocol_metric
+from core.sweep import id_inputs
 from core.report.intervals import LEVEL, diff_ci, welch
 from core.report.render import _md_row
 from core.report.tables import METRIC_ORDER
@@ -117,7 +118,10 @@ def compare(res: Results, new: str, baseline: str | None = None, metrics=None) -
             rows.append(row)
     if not rows:
         raise UserError(f"{new} and {baseline} share no metric with finished runs"
-                        + (f" among {', '.join(metrics)}" if metrics else "") + " yet; see python run_all.py status")
+                        + (f" among {', '.join(metrics)}" if metrics else "") + " yet; see python run_all.py status. "
+                        + id_inputs(res.preset, res.overrides, [res.ablations[n] for n in
+                                                                (new.split("/")[0], baseline.split("/")[0])
+                                                                if n in res.ablations]))
     return pd.DataFrame(rows)
 
 

@@ -51,7 +51,9 @@ def build_tables(res: Results, paper: pd.DataFrame | None = None) -> list[Table]
     model = main_model(res, paper)
     known = load_all()
     known_sources = {a.source for a in known.values()}
-    counts = Counter(a.source for a in res.ablations.values())
+    # a table's file name depends on every known ablation, not on the ones this command names: `tables a`
+    # and `tables a b` write the same files (two of one source: <source>_<name>, never a stale <source>.md)
+    counts = Counter(a.source for a in {**known, **res.ablations}.values())
     tables, claimed = [], set()
     for abl in sorted(res.ablations.values(), key=lambda a: source_order(a.source)):
         tid = abl.source if counts[abl.source] == 1 else f"{abl.source}_{abl.name}"

@@ -53,7 +53,7 @@ class Target:
         return None
 
 
-@TARGETS.register("pixel")
+@TARGETS.register("pixel", help="normalised pixels of each patch (the Table 1 baseline)")
 class PixelTarget(Target):
     """Normalised image pixels of each patch (the Table 1 baseline)."""
 
@@ -69,7 +69,7 @@ class PixelTarget(Target):
         return pred.float()
 
 
-@TARGETS.register("norm_pixel")
+@TARGETS.register("norm_pixel", help="pixels normalised by each patch's own mean and variance")
 class NormPixelTarget(PixelTarget):
     """Pixels normalised by each patch's own mean and variance (eps 1e-6), as in the paper's code
     (torch's default unbiased variance)."""

@@ -93,7 +93,7 @@ def _components_fit(cfg) -> None:
 
 
 # quick: settings that make it cheap where a test only needs it to work (tests/test_targets.py)
-@TARGETS.register("pca", check=_components_fit, quick={"model.pca_samples": 2000}, params=[
+@TARGETS.register("pca", help="coefficients on the top principal axes of training patches", check=_components_fit, quick={"model.pca_samples": 2000}, params=[
     Param("model.pca_components", 0, NONNEG, "pca target: coefficients kept (0: patch dim / 8)", "Table 1d"),
     Param("model.pca_samples", 100_000, ATLEAST1, "pca target: training patches the basis is fitted on")])
 class PCATarget(Target):
