@@ -207,11 +207,11 @@ def load_plugins() -> list:
     """Import every entry of MAE_PLUGINS once: a folder (each module and package in it), a .py file, or
     an importable module or package name (with every submodule). A plugin that fails to import is one
     line naming it and where it failed."""
-    global _plugins_from
+    global _plugins, _plugins_from
     spec = os.environ.get(PLUGINS_ENV, "")
     if _plugins_from == spec:
         return _plugins
-    _plugins_from = spec
+    _plugins_from, _plugins = spec, []  # a module imported before is not imported again, only listed
     for entry in plugin_entries():
         for name in _plugin_modules(entry.strip()):
             _plugins.append(_import(name, entry))
