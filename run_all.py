@@ -56,11 +56,11 @@ def cmd_pretrain(args):
 
 
 def cmd_config(args):
+    from core.config import all_keys, setting, value_of
     from core.fingerprint import resolve
-    from core.settings import SETTINGS
 
     cfg = resolve(build_config(args.preset, args.overrides))  # the run id with the dataset's fingerprint
-    flat = flat_dict(cfg)
+    flat = {key: value_of(cfg, key) for key in all_keys()}  # every component's settings, used or not
     width = max(len(f"{k} = {v!r}") for k, v in flat.items())
     print(f"# preset {args.preset}{' + ' + ' '.join(args.overrides) if args.overrides else ''}; "
           f"run id {cfg.run_id()}")
@@ -69,7 +69,7 @@ def cmd_config(args):
         if key.rsplit(".", 1)[0] != section:
             section = key.rsplit(".", 1)[0]
             print(f"\n[{section}]")
-        s = SETTINGS[key]
+        s = setting(key)  # core/settings.py, or the Param a component declares (core/registry.py)
         source = f" [{s.source}]" if s.source else ""
         print(f"{key + ' = ' + repr(value):<{width}}  # {s.help}; {s.check.describe()}{source}")
 
@@ -122,12 +122,20 @@ def split_targets(items):
 
 def cmd_list(args):
     from core.ablation import load_all
+    from core.registry import REGISTRIES, plugin_entries
 
     rows = [(a.name, a.source, a.title, len(a.variants), len(a.variants_for(args.preset)),
              "+".join(a.evals_for(args.preset))) for a in load_all().values()]
     print(f"{'ablation':<18} {'paper':<9} {'variants':>8} {args.preset + ' variants':>14}  {'evaluations':<18} title")
     for name, src, title, n, n_small, evals in rows:
         print(f"{name:<18} {src:<9} {n:>8} {n_small:>14}  {evals:<18} {title}")
+    for registry in REGISTRIES:  # the components: what model.arch, model.mask_strategy, model.target, eval take
+        print(f"\n{registry.kind}s" + (f" ({registry.key})" if registry.key else "") + ":")
+        for e in registry.entries():
+            params = "".join(f"; {p.key}={p.default!r}" for p in e.params)
+            print(f"  {e.name:<22} {e.help}{params}" + (f"  [{e.module}]" if not e.module.startswith("core.") else ""))
+    if plugin_entries():
+        print(f"\nplugins (MAE_PLUGINS): {os.pathsep.join(plugin_entries())}")
 
 
 def _plan(args):
@@ -211,15 +219,19 @@ def cmd_rehearse(args):
 
 
 def cmd_status(args):
+    from core.ablation import select
+    from core.sweep import id_inputs
+
     plan, overrides = _plan(args)
     cfg = build_config(args.preset, overrides)
+    hint = id_inputs(args.preset, overrides, select(split_targets(args.targets)[0]))
     if not getattr(args, "watch", None):  # `demo` calls this without the option
-        print_status(plan, cfg)
+        print_status(plan, cfg, hint=hint)
         return
     try:  # until Ctrl-C, which is how a watch ends: exit 0
         while True:
             lines = []
-            print_status(plan, cfg, out=lines.append)
+            print_status(plan, cfg, out=lines.append, hint=hint)
             if sys.stdout.isatty():
                 print("\033[H\033[2J", end="")  # clear the screen: each refresh replaces the last
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {args.watch:g} s, Ctrl-C to stop")
@@ -229,7 +241,7 @@ def cmd_status(args):
         print()
 
 
-def print_status(plan, cfg, out=print):
+def print_status(plan, cfg, out=print, hint=""):
     """Counts per ablation; each running unit's epoch, loss, speed and ETA; why units failed or did
     not run; the sweep's expected finish; the cluster jobs."""
     from core.cluster.status import status_lines, unit_jobs
@@ -252,6 +264,8 @@ def print_status(plan, cfg, out=print):
     for r in rows:
         for reason in r["unavailable_reasons"]:
             out(f"  unavailable {r['ablation']}/{reason}")
+    if hint and rows and all(r["pending"] == sum(r[s] for s in STATES) for r in rows):
+        out(f"  no unit of this sweep has a record yet. {hint}")  # perhaps other overrides made them
     finish = expected_finish(statuses)
     if finish and finish[0] == 0 and finish[1]:
         out(f"expected finish: not known until a unit has finished an epoch ({finish[1]} unit(s) to go)")
@@ -485,6 +499,9 @@ JOBS_HELP = ("units run at once, each in its own process with its share of the C
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="run_all.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugins", metavar="PATHS", help="your own ablations, mask strategies, targets and encoders: "
+                        "folders, .py files or module names, separated by ':' (added to MAE_PLUGINS, which every "
+                        "process of a run inherits; docs/extending.md)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("pretrain", help="pretrain one MAE run")
@@ -635,6 +652,9 @@ def main(argv=None) -> int:
     # the processes torchrun started on this node split its CPUs; --jobs workers set their own share
     local = os.environ.get("LOCAL_WORLD_SIZE", "1")
     configure_threads(int(local) if local.isdigit() and int(local) > 0 else 1)
+    if args.plugins:  # through the environment: torchrun ranks, --jobs workers and cluster jobs load them too
+        from core.registry import PLUGINS_ENV
+        os.environ[PLUGINS_ENV] = os.pathsep.join(p for p in (args.plugins, os.environ.get(PLUGINS_ENV)) if p)
     try:
         resolve_preset(args)
         preflight(args)

@@ -1,8 +1,9 @@
-"""What an ablation is (a declaration, no logic) and the registry that finds them in ablations/.
+"""What an ablation is (a declaration, no logic) and the registry that finds them in ablations/ and
+in the researcher's own folders and packages (MAE_PLUGINS, docs/extending.md).
 
 An ablation module holds one `ABLATION = Ablation(...)`: its variants as overrides of the baseline
 preset, the paper rows it reproduces, the evaluations it needs and how it is shown. Dropping a new
-file into ablations/ is all it takes to add one.
+file into ablations/, or into a plugin folder, is all it takes to add one.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pkgutil
 from dataclasses import dataclass, field
 
 import ablations
-from core.presets import PLAN_OF
 from core.errors import UserError
+from core.presets import PLAN_OF
+from core.registry import plugin_modules
 
 PAPER_PRESET = "paper"
 SMALL_EVALS = ("linprobe", "knn")  # what small presets evaluate unless an ablation says otherwise
@@ -50,6 +52,10 @@ class Ablation:
     # over the paper preset's, so a 15-epoch fine-tune gets 3/10 of the paper's epochs
     eval_ladder: dict = field(default_factory=dict)
     small_eval_ladder: dict | None = None  # the same at small presets, values used as they are; None: scaled
+    # Base settings of every variant, under the command line's overrides (shorter schedules, another
+    # dataset): part of the run ids, so `status`, `compare`, `tables` and `report` find the runs without
+    # the user repeating them
+    overrides: dict = field(default_factory=dict)
 
     def eval_ladder_for(self, preset: str) -> tuple[dict, bool]:
         """(protocol -> (key, values), whether the values are to be scaled to the config)."""
@@ -73,7 +79,8 @@ class Ablation:
 
 
 def load_all() -> dict[str, Ablation]:
-    """Every ABLATION in the ablations package, by name, in file order."""
+    """Every ABLATION in the ablations package, by name, in file order; then the plugins' (a plugin
+    module may hold an ABLATION, a component, or both)."""
     found = {}
     for info in sorted(pkgutil.iter_modules(ablations.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
@@ -82,12 +89,20 @@ def load_all() -> dict[str, Ablation]:
         abl = getattr(module, "ABLATION", None)
         if not isinstance(abl, Ablation):
             raise UserError(f"ablations/{info.name}.py defines no ABLATION = Ablation(...)")
-        if abl.name in found:
-            raise UserError(f"two ablation modules are named {abl.name!r}")
-        if abl.baseline not in abl.variants:
-            raise UserError(f"ablation {abl.name}: baseline {abl.baseline!r} is not one of its variants")
-        found[abl.name] = abl
+        _add(found, abl, f"ablations/{info.name}.py")
+    for module in plugin_modules():
+        abl = getattr(module, "ABLATION", None)
+        if isinstance(abl, Ablation):
+            _add(found, abl, module.__file__)
     return found
+
+
+def _add(found: dict, abl: Ablation, where: str) -> None:
+    if abl.name in found:
+        raise UserError(f"two ablation modules are named {abl.name!r} (the second: {where})")
+    if abl.baseline not in abl.variants:
+        raise UserError(f"ablation {abl.name}: baseline {abl.baseline!r} is not one of its variants")
+    found[abl.name] = abl
 
 
 def select(names: list[str]) -> list[Ablation]:

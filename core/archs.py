@@ -1,15 +1,22 @@
-"""Encoder sizes, timm-style registry: plain data, so core.config checks model.arch without torch.
+"""Encoder sizes, registered as timm registers its models: plain data, so core.config checks
+model.arch without torch. A plugin adds one with `ARCHS.register(name, dict(patch_size=..., embed_dim=...,
+depth=..., num_heads=...))` (docs/extending.md).
 
 core.model builds them; every entry is exercised by tests/test_model.py.
 """
 from __future__ import annotations
 
-ARCHS: dict[str, dict] = {
-    "vit_tiny_patch4": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4),  # tiny preset, 16 px
-    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
-    # the rehearsal preset: ViT-L's 24 blocks and 16 px patches (every Figure 9 variant builds), 32 wide
-    "vit_rehearsal_patch16": dict(patch_size=16, embed_dim=32, depth=24, num_heads=4),
-}
+from core.registry import ARCHS
+
+ARCHS.register("vit_tiny_patch4", dict(patch_size=4, embed_dim=128, depth=4, num_heads=4),
+               help="tiny preset, 16 px")
+ARCHS.register("vit_small_patch16", dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), help="ViT-S/16")
+ARCHS.register("vit_base_patch16", dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), help="ViT-B/16")
+ARCHS.register("vit_large_patch16", dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+               help="ViT-L/16 (the paper's)")
+ARCHS.register("vit_huge_patch14", dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16), help="ViT-H/14")
+# the rehearsal preset: ViT-L's 24 blocks and 16 px patches (every Figure 9 variant builds), 32 wide
+ARCHS.register("vit_rehearsal_patch16", dict(patch_size=16, embed_dim=32, depth=24, num_heads=4),
+               help="the rehearsal preset: ViT-L's 24 blocks and 16 px patches, 32 wide")
+
+__all__ = ["ARCHS"]

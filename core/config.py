@@ -15,13 +15,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from core.archs import ARCHS
 from core.cluster.checks import check_cluster_config
 from core.errors import ConfigError
-from core.mask_rules import check_grid
 from core.presets import FINETUNE_RECIPES, PRESETS, SCALED
+from core.registry import ARCHS, MASKS, TARGETS, Registered, component_params
+from core.settings import SETTINGS, Setting
 from core.settings import check as check_setting
-from core.target_names import TARGET_NAMES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,23 +28,35 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "vit_large_patch16"  # encoder size, a key of core.archs.ARCHS
+    arch: str = "vit_large_patch16"  # encoder size, registered in core.registry.ARCHS (core/archs.py)
     img_size: int = 224
     decoder_depth: int = 8
     decoder_embed_dim: int = 512
     decoder_num_heads: int = 16
     mask_ratio: float = 0.75
-    mask_strategy: str = "random"  # random | block | grid
+    mask_strategy: str = "random"  # registered in core.registry.MASKS (core/masking.py)
     mask_token_in_encoder: bool = False  # Table 1c: True feeds mask tokens to the encoder
-    target: str = "pixel"  # one of core.target_names.TARGET_NAMES; Table 1 baseline: unnormalised pixels
+    target: str = "pixel"  # registered in core.registry.TARGETS; Table 1 baseline: unnormalised pixels
     loss_on_all_patches: bool = False  # paper: loss on masked patches only
-    # Settings of single targets (docs/targets.md); a run's id holds only its own target's ones.
-    pca_components: int = 0  # pca: coefficients kept; 0 = patch dim / 8 (the paper's 96 of 16x16x3)
-    pca_samples: int = 100_000  # pca: training patches the basis is fitted on
-    dvae_vocab: int = 8192  # dvae_token: tokenizer vocabulary (BEiT / DALL-E: 8192)
-    dvae_width: int = 128  # dvae_token: conv width of the in-suite tokenizer
-    dvae_epochs: int = 10  # dvae_token: training epochs of the in-suite tokenizer
-    dvae_path: str = ""  # dvae_token: OpenAI's DALL-E encoder.pkl instead of the in-suite tokenizer
+    # The components' own settings (core.registry.Param, declared beside each component: model.pca_components,
+    # model.dvae_vocab, a plugin's model.lowpass_sigma, ...): the ones set away from their default, as
+    # sorted (name, value) pairs. Read as attributes, cfg.model.pca_components, defaults included.
+    params: tuple = ()
+
+    def __getattr__(self, name):  # only names that are not fields: a component's setting
+        if name.startswith("__") or name == "params":  # copy and pickle probe these before params is set
+            raise AttributeError(name)
+        value = dict(self.params).get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        declared = component_params().get(f"model.{name}")
+        if declared is None:
+            raise AttributeError(f"ModelConfig has no setting {name!r} (no field, no registered component declares "
+                                 f"model.{name})")
+        return declared[2].default
+
+
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,13 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # not in run ids: see pretrain_identity
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        """Plain data; the model section holds the settings of the components it selects and any set."""
+        d = _plain(dataclasses.asdict(self))
+        params = dict(d["model"].pop("params"))
+        d["model"].update({key.split(".", 1)[1]: _plain(getattr(self.model, key.split(".", 1)[1]))
+                           for key, owner in component_params().items()
+                           if _selected(d["model"], owner) or key.split(".", 1)[1] in params})
+        return d
 
     def run_id(self) -> str:
         """Id of the pretraining run: a hash of every setting that can change its weights."""
@@ -207,14 +224,15 @@ class Config:
 
     def pretrain_identity(self) -> dict:
         d = self.to_dict()
-        ident = {"model": d["model"], "data": d["data"], "pretrain": d["pretrain"]}
-        for key in NOT_IDENTITY:
-            section, name = key.split(".")
-            ident[section].pop(name, None)
-        for name in unused_target_keys(self.model):
-            ident["model"].pop(name)
-        if not ident["data"]["fingerprint"]:  # digits and synthetic: their ids stay what they were
-            ident["data"].pop("fingerprint")
+        params = component_params()
+        ident = {}
+        for section in ("model", "data", "pretrain"):
+            values = {k: v for k, v in d[section].items() if f"{section}.{k}" not in NOT_IDENTITY}
+            ident[section] = identity(values, f"{section}.")
+        for key, owner in params.items():  # a component's setting counts only where it is used
+            section, name = key.split(".", 1)
+            if not _selected(d["model"], owner) or (owner[2].applies and not owner[2].applies(d[section])):
+                ident[section].pop(name, None)
         return ident
 
     @property
@@ -231,17 +249,48 @@ NOT_IDENTITY = (
 )
 
 
-# Model settings read by one target only. Other runs leave them out of their id, so a pixel run
-# keeps its id when a PCA setting changes (and kept it when these keys were added).
-TARGET_KEYS = {"pca": ("pca_components", "pca_samples"),
-               "dvae_token": ("dvae_vocab", "dvae_width", "dvae_epochs", "dvae_path")}
+# THE rule that keeps run ids when settings are added. ID_KEYS is the frozen list of the keys that
+# every id hashed when ids were first computed: they stay in an id at any value, so existing ids keep
+# their hash. Any key not in it (a dataclass field added later, a component's declared parameter, a
+# plugin's) enters an id only when its value differs from its default: a new setting at its default
+# never moves an id, and a run that changes it is a new run. Never edit ID_KEYS; a new key needs nothing.
+# (data.fingerprint and the eval sections' accum_iter were added later: at their default, "" and 1,
+# they stay out, as they always did.)
+ID_KEYS = frozenset(f"{section}.{name}" for section, names in {
+    "model": "arch img_size decoder_depth decoder_embed_dim decoder_num_heads mask_ratio mask_strategy "
+             "mask_token_in_encoder target loss_on_all_patches pca_components pca_samples dvae_vocab dvae_width "
+             "dvae_epochs dvae_path",
+    "data": "dataset backend augmentation mean std synthetic_size",
+    "pretrain": "epochs warmup_epochs batch_size accum_iter blr lr min_lr weight_decay betas clip_grad precision seed",
+    "eval.linprobe": "epochs warmup_epochs batch_size blr weight_decay pool augment",
+    "eval.finetune": "epochs warmup_epochs batch_size blr layer_decay weight_decay betas drop_path mixup cutmix "
+                     "smoothing reprob randaug crop_scale pool blocks min_lr",
+    "eval.knn": "k temperature batch_size pool",
+    "eval.scratch": "epochs warmup_epochs batch_size blr weight_decay betas ema drop_path mixup cutmix smoothing "
+                    "reprob randaug crop_scale pool min_lr",
+}.items() for name in names.split())
+_MISSING = object()
 
 
-def unused_target_keys(model) -> list[str]:
-    unused = [k for t, keys in TARGET_KEYS.items() if t != model.target for k in keys]
-    if model.target == "dvae_token" and model.dvae_path:  # DALL-E's encoder: no tokenizer is trained
-        unused += ["dvae_vocab", "dvae_width", "dvae_epochs"]
-    return unused
+def identity(values: dict, prefix: str) -> dict:
+    """The part of one config section (`prefix`: "model.", "eval.linprobe.", ...) that enters an id."""
+    default = defaults()
+    return {k: v for k, v in values.items()
+            if prefix + k in ID_KEYS or _plain(v) != default.get(prefix + k, _MISSING)}
+
+
+def defaults() -> dict:
+    """Every key's default: the dataclasses' and every registered component parameter's."""
+    flat = _flat(_plain(dataclasses.asdict(Config())))
+    flat.pop("model.params")
+    flat.update({key: _plain(owner[2].default) for key, owner in component_params().items()})
+    return flat
+
+
+def _selected(model: dict, owner: tuple) -> bool:
+    """Whether the model section selects the component that declares a parameter."""
+    registry, name, _ = owner
+    return model.get(registry.key.split(".", 1)[1]) == name
 
 
 def config_hash(obj) -> str:
@@ -282,8 +331,8 @@ def build_config(preset: str = "tiny", overrides: typing.Iterable[str] = (), val
     recipe = recipe_values(cfg.eval.recipe, cfg.model.arch)  # below the preset's and the user's values
     if recipe:
         cfg = apply_overrides(Config(), {**recipe, **merged})
-    flat = _flat(cfg.to_dict())  # the rehearsal's miniature schedules, after the variant set them
-    cfg = apply_overrides(cfg, {k: -(-flat[k] // d) for k, d in SCALED.get(preset, {}).items()})
+    # the rehearsal's miniature schedules, after the variant set them
+    cfg = apply_overrides(cfg, {k: -(-value_of(cfg, k) // d) for k, d in SCALED.get(preset, {}).items()})
     validate(cfg)
     return cfg
 
@@ -325,16 +374,36 @@ def _unquote(raw: str) -> str:
 
 
 def all_keys(cls=Config, prefix="") -> dict[str, typing.Any]:
-    """Every settable dotted key with its type annotation."""
+    """Every settable dotted key with its type annotation; the components' declared parameters too."""
     out = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             out.update(all_keys(tp, prefix + f.name + "."))
-        else:
+        elif not (cls is ModelConfig and f.name == "params"):
             out[prefix + f.name] = tp
+    if cls is ModelConfig:
+        for key, (registry, name, p) in component_params().items():
+            if not key.startswith("model.") or key[len("model."):] in MODEL_FIELDS:  # the model section holds them
+                raise ConfigError(f"{registry.kind} {name!r} declares {key}: a component's setting must be a new "
+                                  "model.<name> key")
+            out[key] = p.type
     return out
+
+
+def setting(key: str) -> Setting:
+    """The declaration of a key: core.settings.SETTINGS, a registry's names for the keys that select a
+    component, a component's Param for its own settings. One line if there is none."""
+    for registry in (ARCHS, MASKS, TARGETS):
+        if key == registry.key:
+            return dataclasses.replace(SETTINGS[key], check=Registered(registry))
+    if key in SETTINGS:
+        return SETTINGS[key]
+    if key in component_params():
+        return component_params()[key][2].setting
+    raise ConfigError(f"{key} has no declaration: a config field needs an entry in core/settings.py SETTINGS "
+                      "(a component's own setting is a Param of its registration, docs/extending.md)")
 
 
 def apply_overrides(cfg: Config, values: dict) -> Config:
@@ -348,7 +417,21 @@ def apply_overrides(cfg: Config, values: dict) -> Config:
     return cfg
 
 
+def value_of(cfg: Config, key: str):
+    """The value of a dotted key, a component's setting that is not in to_dict() included."""
+    obj = cfg
+    for name in key.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
 def _set(obj, path, value):
+    if len(path) == 1 and isinstance(obj, ModelConfig) and path[0] not in MODEL_FIELDS:  # a component's setting
+        params = dict(obj.params)
+        params.pop(path[0], None)
+        if value != component_params()[f"model.{path[0]}"][2].default:  # only what differs: equal configs are equal
+            params[path[0]] = value
+        return dataclasses.replace(obj, params=tuple(sorted(params.items())))
     if len(path) == 1:
         return dataclasses.replace(obj, **{path[0]: value})
     return dataclasses.replace(obj, **{path[0]: _set(getattr(obj, path[0]), path[1:], value)})
@@ -386,23 +469,20 @@ def validate(cfg: Config) -> None:
     ConfigError naming the key."""
     flat = _flat(cfg.to_dict())
     for key, value in flat.items():
-        bad = check_setting(key, value)
+        bad = check_setting(key, value, setting(key))
         if bad:
             raise ConfigError(bad)
     m, p = cfg.model, cfg.pretrain
-    if m.arch not in ARCHS:
-        raise ConfigError(f"model.arch={m.arch!r} is not one of: {', '.join(sorted(ARCHS))}")
-    if m.target not in TARGET_NAMES:
-        raise ConfigError(f"model.target={m.target!r} is not one of: {', '.join(sorted(TARGET_NAMES))}")
+    for registry in (ARCHS, MASKS, TARGETS):  # rules a component declares between itself and other keys
+        entry = registry.entry(flat[registry.key])
+        if entry.check:
+            entry.check(cfg)
     patch = ARCHS[m.arch]["patch_size"]
     if m.img_size % patch:
         raise ConfigError(f"model.img_size={m.img_size} is not a positive multiple of the patch size {patch}")
     if m.decoder_embed_dim % m.decoder_num_heads:
         raise ConfigError(f"model.decoder_embed_dim={m.decoder_embed_dim} must be a positive multiple of "
                           f"model.decoder_num_heads={m.decoder_num_heads}")
-    if m.pca_components > patch * patch * 3:
-        raise ConfigError(f"model.pca_components must be in [0, {patch * patch * 3}] (0 = patch dim / 8), "
-                          f"got {m.pca_components}")
     if m.decoder_embed_dim % 4:
         raise ConfigError(f"model.decoder_embed_dim={m.decoder_embed_dim} must be divisible by 4 (2D sin-cos embedding)")
     if p.min_lr > cfg.lr:
@@ -426,8 +506,6 @@ def validate(cfg: Config) -> None:
     if blocks is not None and blocks > depth:
         raise ConfigError(f"eval.finetune.blocks must be in [0, {depth}] for {m.arch}, got {blocks}")
     check_cluster_config(cfg.cluster)  # the sbatch time format and pass-through options
-    if m.mask_strategy == "grid":
-        check_grid(m.img_size // patch, m.mask_ratio)  # raises ConfigError if no grid fits
 
 
 # Images per split where the dataset's size is known without reading it: a batch (per optimizer step)

@@ -1,7 +1,9 @@
-"""Mask sampling strategies (paper Table 1f, Figure 6).
+"""Mask sampling strategies (paper Table 1f, Figure 6), registered in core.registry.MASKS.
 
 Each returns a bool tensor (B, L), True = masked, with exactly `num_masked(L, ratio)` True per row,
 drawn from an explicit torch.Generator so masks depend only on the seed (bit-identical resume).
+A new strategy is one function with `@MASKS.register(name)`, here or in a plugin (docs/extending.md);
+tests/test_masking.py checks every registered one. `figure_ratio`: the ratio Figure 6 shows it at.
 """
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import random
 
 import torch
 
+from core.archs import ARCHS
 from core.mask_rules import check_grid, num_masked
+from core.registry import MASKS
 
 
+@MASKS.register("random", help="uniform random (the paper's)", figure_ratio=0.75)
 def random_mask(batch: int, grid: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """Uniform random masking: per-sample noise, argsort, mask the top `n`."""
     length = grid * grid
@@ -23,6 +28,7 @@ def random_mask(batch: int, grid: int, ratio: float, generator: torch.Generator)
     return mask
 
 
+@MASKS.register("block", help="BEiT-style blocks", figure_ratio=0.5)
 def block_mask(batch: int, grid: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """BEiT-style block-wise masking: rectangles of random area and aspect ratio (0.3 to 1/0.3)
     until the count is reached; the last rectangle is cut to fit, so the count is exact."""
@@ -58,6 +64,14 @@ def _one_block_mask(grid: int, target: int, min_block: int, rng: random.Random) 
     return mask.flatten()
 
 
+def _grid_fits(cfg) -> None:
+    """Config time: the ratio and the patch grid admit a regular grid (ConfigError if not)."""
+    check_grid(cfg.model.img_size // ARCHS[cfg.model.arch]["patch_size"], cfg.model.mask_ratio)
+
+
+# per_sample=False: the same pattern for every image and seed (tests/test_masking.py)
+@MASKS.register("grid", help="regular grid: one kept patch per s x s cell", check=_grid_fits, figure_ratio=0.75,
+                per_sample=False)
 def grid_mask(batch: int, grid: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """Keep the top-left patch of every s x s cell (the same mask for every image, Figure 6 right)."""
     s = check_grid(grid, ratio)
@@ -66,8 +80,5 @@ def grid_mask(batch: int, grid: int, ratio: float, generator: torch.Generator) -
     return (~keep).flatten().unsqueeze(0).expand(batch, -1).clone()
 
 
-STRATEGIES = {"random": random_mask, "block": block_mask, "grid": grid_mask}
-
-
 def make_mask(strategy: str, batch: int, grid: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
-    return STRATEGIES[strategy](batch, grid, ratio, generator)
+    return MASKS[strategy](batch, grid, ratio, generator)

@@ -138,22 +138,17 @@ class Setting:
 S = Setting
 SETTINGS: dict[str, Setting] = {
     # ---- model: encoder (A.1), masking (section 3), decoder (Table 1a/1b), target (Table 1d)
-    "model.arch": S("encoder size, a key of core.archs.ARCHS (ViT-B/L/H and tiny CPU variants)", TEXT, "A.1"),
+    # arch, mask_strategy, target: their allowed values are the names registered in core.registry
+    "model.arch": S("encoder size (ViT-B/L/H and tiny CPU variants; core/archs.py)", TEXT, "A.1"),
     "model.img_size": S("input resolution in pixels; a multiple of the patch size", ATLEAST1, "A.1"),
     "model.decoder_depth": S("decoder Transformer blocks (0: a linear head only)", NONNEG, "Table 1a"),
     "model.decoder_embed_dim": S("decoder width; a multiple of decoder_num_heads and of 4", ATLEAST1, "Table 1b"),
     "model.decoder_num_heads": S("decoder attention heads", ATLEAST1, "A.1"),
     "model.mask_ratio": S("fraction of patches masked", Range(0, 1, True, True), "Figure 5"),
-    "model.mask_strategy": S("how masked patches are sampled", OneOf(("random", "block", "grid")), "Table 1f"),
+    "model.mask_strategy": S("how masked patches are sampled (core/masking.py)", TEXT, "Table 1f"),
     "model.mask_token_in_encoder": S("feed mask tokens to the encoder (True) or skip them (paper)", FLAG, "Table 1c"),
-    "model.target": S("reconstruction target, one of core.target_names.TARGET_NAMES", TEXT, "Table 1d"),
+    "model.target": S("reconstruction target (core/targets/)", TEXT, "Table 1d"),
     "model.loss_on_all_patches": S("loss on every patch instead of the masked ones only", FLAG, "section 4"),
-    "model.pca_components": S("pca target: coefficients kept (0: patch dim / 8)", NONNEG, "Table 1d"),
-    "model.pca_samples": S("pca target: training patches the basis is fitted on", ATLEAST1),
-    "model.dvae_vocab": S("dvae_token target: tokenizer vocabulary", Range(2), "Table 1d"),
-    "model.dvae_width": S("dvae_token target: conv width of the in-suite tokenizer", ATLEAST1),
-    "model.dvae_epochs": S("dvae_token target: training epochs of the in-suite tokenizer", ATLEAST1),
-    "model.dvae_path": S("dvae_token target: DALL-E encoder.pkl instead of the in-suite tokenizer", Free("a path")),
     # ---- data
     "data.dataset": S("which images", OneOf(("digits", "imagefolder", "synthetic"))),
     "data.path": S("ImageFolder root with train/ and val/, or .beton folder/file (backend=ffcv)", Free("a path")),
@@ -271,9 +266,13 @@ SETTINGS: dict[str, Setting] = {
 del S
 
 
-def check(key: str, value) -> str | None:
-    """One line naming the key and what is wrong with `value`, or None if it is allowed."""
+def check(key: str, value, setting: Setting | None = None) -> str | None:
+    """One line naming the key and what is wrong with `value`, or None if it is allowed. `setting`: its
+    declaration where it is not in SETTINGS (core.config.setting: a component's Param)."""
     if value is None or isinstance(value, bool):  # an Optional key's None; flags take both values
         return None
-    bad = SETTINGS[key].check.error(value)
+    setting = setting or SETTINGS.get(key)
+    if setting is None:
+        return f"{key} has no declaration in core/settings.py SETTINGS"
+    bad = setting.check.error(value)
     return f"{key}={value!r} {bad}" if bad and bad.startswith("is not") else (f"{key} {bad}" if bad else None)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from core import prepared, results
 from core.ablation import PAPER_PRESET, Ablation
-from core.config import Config, build_config, flat_dict
+from core.config import Config, build_config, flat_dict, parse_override
 from core.presets import SCALED
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 from core.eval import eval_run_id, evaluate, scratch
@@ -88,14 +88,20 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
         raise UserError(f"--seeds must be a positive number, got {seeds}")
     build_config(preset, overrides)  # a bad override is an error, not an unavailable variant
     plan = Plan(preset)
+    given = dict(parse_override(o) for o in overrides)
     for abl in ablations:
         baseline = abl.baseline_for(preset)
+        base = {**abl.overrides, **given}  # the ablation's own base settings, under the command line's
+        try:  # a bad base setting is the ablation's error, named once
+            build_config(preset, (), base)
+        except ConfigError as e:
+            raise ConfigError(f"ablation {abl.name}, its overrides: {e}") from None
         for label, (paper_label, variant) in abl.variants_for(preset).items():
             for seed in range(seeds):
                 cell = Cell(abl.name, label, paper_label, seed, label == baseline)
                 plan.cells.append(cell)
                 try:
-                    cfg = resolve_dataset(build_config(preset, overrides, {**variant, **seed_overrides(seed)}))
+                    cfg = resolve_dataset(build_config(preset, (), {**base, **variant, **seed_overrides(seed)}))
                 except ConfigError as e:
                     cell.unavailable = str(e)
                     continue
@@ -110,8 +116,8 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                                                                  needs=cell.prepared_id)).users.append(who)
                 for protocol in abl.evals_for(preset):
                     kind = abl.substitute.get(label, {}).get(protocol, protocol)
-                    values = {**variant, **seed_overrides(seed)}
-                    choices = ladder_configs(abl, protocol, cfg, preset, overrides, values) if kind == protocol else {}
+                    values = {**base, **variant, **seed_overrides(seed)}
+                    choices = ladder_configs(abl, protocol, cfg, preset, (), values) if kind == protocol else {}
                     for choice, c in (choices or {"": cfg}).items():
                         eid = eval_run_id(c, kind, parent=cell.pretrain_id)
                         cell.eval_ids.setdefault(protocol, eid)
@@ -121,6 +127,17 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
     # artifacts, then pretraining, then evaluations: a unit runs once the one it reads is done
     plan.units = dict(sorted(plan.units.items(), key=lambda kv: stage(kv[1])))
     return plan
+
+
+def id_inputs(preset: str, overrides, ablations) -> str:
+    """What a sweep's run ids depend on, for a message when no run is found: runs made with other
+    overrides have other ids."""
+    own = {a.name: a.overrides for a in {a.name: a for a in ablations}.values() if a.overrides}
+    return (f"The run ids looked for depend on --preset {preset}, the overrides given ("
+            + (" ".join(overrides) or "none") + ")"
+            + "".join(f", ablation {n}'s own overrides ({', '.join(f'{k}={v!r}' for k, v in o.items())})"
+                      for n, o in own.items())
+            + " and each variant's: runs made with other overrides are other runs; pass the same ones")
 
 
 def stage(unit: Unit) -> int:

@@ -19,8 +19,10 @@ PROJECT = ("core", "plots", "ablations", "run_all")
 # orchestration runs units; the report reads records; plots draw the report's tables; the CLI is
 # on top. The most specific prefix wins; every module must have one.
 LAYERS = [
-    ("foundation", ["core.errors", "core.settings", "core.archs", "core.target_names", "core.mask_rules",
-                    "core.cluster.checks", "core.presets"]),  # import nothing of the suite but errors
+    # import nothing of the suite but errors, settings and the registry (which imports the built-in
+    # components' modules by name the first time it is asked what it holds: core/registry.py)
+    ("foundation", ["core.errors", "core.settings", "core.registry", "core.archs", "core.mask_rules",
+                    "core.cluster.checks", "core.presets"]),
     ("utilities", ["core.checkpoint", "core.progress", "core.device", "core.distributed", "core.runlock", "core.loop"]),
     ("config", ["core.config"]),
     ("plan definitions", ["core.ablation", "ablations"]),

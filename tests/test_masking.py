@@ -1,22 +1,36 @@
 import pytest
 import torch
 
+from core.config import build_config
+from core.errors import ConfigError
 from core.masking import make_mask, num_masked
+from core.registry import MASKS
 
 
-@pytest.mark.parametrize("strategy, ratio", [("random", 0.75), ("random", 0.1), ("random", 0.9),
-                                             ("block", 0.5), ("block", 0.75), ("grid", 0.75)])
+@pytest.mark.parametrize("strategy", list(MASKS))  # every registered one, a plugin's too (MAE_PLUGINS)
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.75, 0.9])
 @pytest.mark.parametrize("grid", [8, 14])
 def test_exact_count_and_determinism(strategy, ratio, grid):
+    try:  # the ratios and grids the strategy's own config check accepts (grid masking: 0.75 on 8 x 8 only)
+        build_config("tiny", [f"model.mask_strategy={strategy}", f"model.mask_ratio={ratio}",
+                              f"model.img_size={grid * 4}"])
+    except ConfigError:
+        pytest.skip(f"{strategy} refuses ratio {ratio} on a {grid}x{grid} grid at config time")
     m1 = make_mask(strategy, 16, grid, ratio, torch.Generator().manual_seed(3))
     m2 = make_mask(strategy, 16, grid, ratio, torch.Generator().manual_seed(3))
     assert m1.shape == (16, grid * grid) and m1.dtype == torch.bool
     assert (m1.sum(1) == num_masked(grid * grid, ratio)).all()
     assert torch.equal(m1, m2)
-    if strategy != "grid":  # grid is the same regular pattern for every image and seed
+    if MASKS.entry(strategy).extra.get("per_sample", True):  # grid: one regular pattern for every image and seed
         m3 = make_mask(strategy, 16, grid, ratio, torch.Generator().manual_seed(4))
         assert not torch.equal(m1, m3)
         assert len({tuple(r.tolist()) for r in m1}) > 1  # per-sample masks differ
+
+
+def test_the_builtin_strategies_are_registered_and_config_reads_the_registry():
+    assert list(MASKS)[:3] == ["random", "block", "grid"]
+    with pytest.raises(ConfigError, match="model.mask_strategy='nope' is not one of: random, block, grid"):
+        build_config("tiny", ["model.mask_strategy=nope"])
 
 
 def test_num_masked_matches_the_paper_code():

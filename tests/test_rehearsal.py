@@ -46,14 +46,38 @@ def aligned_units():
     return paper, rehearsal, pairs
 
 
+def expected_units(preset: str) -> int:
+    """The plan's size from the ablations' declarations alone (whatever ablations are installed): one
+    pretraining run per distinct variant config, one evaluation per distinct (run, protocol, evaluation
+    settings, ladder step), one prepared artifact per distinct PCA basis or tokenizer."""
+    from core.prepared import artifact_id, artifact_kind
+
+    runs, evals, artifacts = set(), set(), set()
+    for abl in load_all().values():
+        ladder, _ = abl.eval_ladder_for(preset)
+        for label, (_, variant) in abl.variants_for(preset).items():
+            cfg = build_config(preset, values={**abl.overrides, **variant})
+            parent = cfg.run_id() if abl.pretrain else None
+            runs.add(parent)
+            if parent and artifact_kind(cfg):
+                artifacts.add(artifact_id(cfg, artifact_kind(cfg)))
+            own = tuple(sorted((k, str(v)) for k, v in variant.items() if k.startswith("eval.") or not parent))
+            for protocol in abl.evals_for(preset):
+                kind = abl.substitute.get(label, {}).get(protocol, protocol)
+                steps = ladder[protocol][1] if kind == protocol and protocol in ladder else [None]
+                evals.update((parent, kind, own if kind == protocol else (), step) for step in steps)
+    return len(runs - {None}) + len(evals) + len(artifacts)
+
+
 def test_the_rehearsal_plan_is_the_paper_plan_unit_for_unit():
     paper, rehearsal, pairs = aligned_units()
     assert not paper.unavailable and not rehearsal.unavailable  # e.g. Figure 9's 24 blocks build
     forward, backward = {}, {}
     for p, r in pairs:  # the same runs are shared: a one-to-one map of run ids
         assert forward.setdefault(p, r) == r and backward.setdefault(r, p) == p
-    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer)
-    assert len(forward) == len(paper.units) == len(rehearsal.units) == 123
+    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer); 123 units with the
+    # suite's own ablations, derived so an ablation a user adds does not break it
+    assert len(forward) == len(paper.units) == len(rehearsal.units) == expected_units("paper")
     assert [paper.units[p].kind for p in forward] == [rehearsal.units[r].kind for r in forward.values()]
     assert set(paper.units).isdisjoint(rehearsal.units)  # a rehearsal record is never a real run's
 

@@ -21,12 +21,14 @@ from core.errors import ConfigError, Preempted, UserError
 from core.eval import finetune, knn, linprobe
 from core.eval.context import Session
 from core.eval.data import eval_data
-from core.eval.records import KINDS, PROTOCOLS, check_protocol, eval_recorder, eval_run_id
+from core.eval.records import check_protocol, eval_recorder, eval_run_id, kinds, protocols
 from core.eval.weights import encoder_state, load_init
 from core.fingerprint import resolve as resolve_dataset
 from core.progress import tensorboard_dir
 
-__all__ = ["PROTOCOLS", "KINDS", "eval_run_id", "evaluate", "scratch"]
+from core.registry import PROTOCOLS
+
+__all__ = ["eval_run_id", "evaluate", "scratch", "kinds", "protocols"]
 
 
 def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str | None = None,
@@ -34,8 +36,8 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     """Evaluate the encoder of pretraining run `run_id` (default cfg.run_id()) or of the checkpoint
     file `init` with one protocol; returns the eval record. eval_only: the fine-tuned classifier in
     `init` is evaluated on the validation split as it is (protocol finetune)."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    if protocol not in protocols():
+        raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(protocols())}")
     if run_id is not None and init is not None:
         raise UserError("evaluate either a pretraining run (--run) or a checkpoint file (--init), not both")
     if eval_only and (protocol != "finetune" or init is None):
@@ -102,10 +104,26 @@ def _run_once(cfg: Config, kind: str, eid: str, *args) -> dict:
         return _run(cfg, kind, eid, *args)
 
 
-RUNNERS = {"linprobe": linprobe.run, "knn": knn.run,
-           "finetune": lambda *a: finetune.run(a[0], "finetune", *a[1:]),
-           "partial": lambda *a: finetune.run(a[0], "partial", *a[1:]),
-           "scratch": lambda *a: finetune.run(a[0], "scratch", *a[1:])}
+def _finetune(kind: str):
+    def run(cfg, *args):
+        return finetune.run(cfg, kind, *args)
+    run.__qualname__ = f"finetune_{kind}"  # one definition per registered name
+    return run
+
+
+# The protocols: (cfg, encoder state, data, device, precision, progress, Session) -> the record's fields.
+# section: the eval.<section> settings it reads (and its id holds); metric: the name its top-1 is reported
+# as (the paper's where it has one); pretrained=False: it trains from scratch, no pretraining run.
+PROTOCOLS.register("linprobe", linprobe.run, help="linear probe on frozen features", section="linprobe",
+                   metric="linprobe_top1")
+PROTOCOLS.register("finetune", _finetune("finetune"), help="end-to-end fine-tuning", section="finetune",
+                   metric="ft_top1")
+PROTOCOLS.register("partial", _finetune("partial"), help="fine-tune the last eval.finetune.blocks blocks",
+                   section="finetune", metric="ft_top1")
+PROTOCOLS.register("knn", knn.run, help="k-nearest-neighbour classification on frozen features", section="knn",
+                   metric="knn_top1")
+PROTOCOLS.register("scratch", _finetune("scratch"), help="the supervised baseline from random initialisation",
+                   section="scratch", metric="ft_top1", pretrained=False)
 
 
 def _run(cfg: Config, kind: str, eid: str, parent, state, progress: bool, extra: dict, runner=None) -> dict:
@@ -131,7 +149,7 @@ def _run_recorded(cfg: Config, kind: str, eid: str, parent, state, progress: boo
         record.write("running")
         t0 = time.perf_counter()
         try:
-            out = (runner or RUNNERS[kind])(cfg, state, data, device, precision, progress, ses)
+            out = (runner or PROTOCOLS[kind])(cfg, state, data, device, precision, progress, ses)
         except Preempted:  # saved; the same command (or the requeued job) resumes
             record.write("preempted", reason=f"signal {stop.signum}", wall_time_s=time.perf_counter() - t0)
             raise

@@ -5,25 +5,31 @@ from __future__ import annotations
 import dataclasses
 
 from core import results
-from core.config import Config, _plain, config_hash
+from core.config import Config, _plain, config_hash, identity
 from core.errors import ConfigError, UserError
+from core.registry import PROTOCOLS
 
-PROTOCOLS = ("linprobe", "finetune", "partial", "knn")
-KINDS = PROTOCOLS + ("scratch",)
 
-# Section settings whose value here is what every run did before the setting existed: left out of
-# eval ids at that value, so existing records keep their ids.
-OLD_BEHAVIOUR = {"accum_iter": 1}
+def protocols() -> list[str]:
+    """The registered protocols that evaluate a pretrained encoder (core/eval/__init__.py registers them)."""
+    return [e.name for e in PROTOCOLS.entries() if e.extra.get("pretrained", True)]
+
+
+def kinds() -> list[str]:
+    """Every evaluation kind: the protocols and the supervised baseline from scratch."""
+    return list(PROTOCOLS)
+
+
+def section_name(kind: str) -> str:
+    """The eval.<name> config section a protocol reads; partial fine-tuning reads the fine-tune section."""
+    if kind not in PROTOCOLS:
+        raise UserError(f"unknown evaluation protocol {kind!r}; choose one of: {', '.join(kinds())}")
+    return PROTOCOLS.entry(kind).extra["section"]
 
 
 def section(cfg: Config, kind: str):
-    """The config section a protocol reads; partial fine-tuning is the fine-tune section with `blocks`."""
-    e = cfg.eval
-    sections = {"linprobe": e.linprobe, "finetune": e.finetune, "partial": e.finetune, "knn": e.knn,
-                "scratch": e.scratch}
-    if kind not in sections:
-        raise UserError(f"unknown evaluation protocol {kind!r}; choose one of: {', '.join(KINDS)}")
-    return sections[kind]
+    """The config section a protocol reads."""
+    return getattr(cfg.eval, section_name(kind))
 
 
 def eval_run_id(cfg: Config, protocol: str, parent: str | None = None, eval_only: bool = False) -> str:
@@ -37,8 +43,8 @@ def eval_run_id(cfg: Config, protocol: str, parent: str | None = None, eval_only
         data["synthetic_size"] = d.synthetic_size
     if d.fingerprint:  # a folder's content (core.fingerprint); the scratch baseline has no parent that holds it
         data["fingerprint"] = d.fingerprint
-    # settings added later leave the id of runs that keep their old behaviour unchanged
-    sec = {k: v for k, v in dataclasses.asdict(sec).items() if OLD_BEHAVIOUR.get(k, object()) != v}
+    # the id rule of core.config: a setting added later enters only away from its default
+    sec = identity(dataclasses.asdict(sec), f"eval.{section_name(protocol)}.")
     ident = {"protocol": protocol, "parent": parent, "section": sec, "seed": cfg.eval.seed,
              "model": {"arch": m.arch, "img_size": m.img_size}, "data": data}
     if eval_only:  # a fine-tuned classifier evaluated as it is

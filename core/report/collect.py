@@ -13,12 +13,15 @@ import pandas as pd
 
 from core.ablation import Ablation, select
 from core.config import build_config
+from core.registry import PROTOCOLS
 from core.results import load_records
 from core.sweep import STATES, make_plan, unit_state
 
-# evaluation protocol -> the metric its top-1 is reported as (the paper's names where it has one)
-PROTOCOL_METRIC = {"linprobe": "linprobe_top1", "finetune": "ft_top1", "partial": "ft_top1",
-                   "scratch": "ft_top1", "knn": "knn_top1"}
+def protocol_metric(protocol: str) -> str:
+    """The metric a protocol's top-1 is reported as (its registration's; the paper's name where it has one)."""
+    return PROTOCOLS.entry(protocol).extra.get("metric") if protocol in PROTOCOLS else f"{protocol}_top1"
+
+
 PRETRAIN_METRICS = ("final_loss", "hours", "flops")  # read from the pretraining record
 # metric -> (short column name, long label, number format)
 METRICS = {
@@ -48,6 +51,7 @@ class Results:
     ablations: dict  # name -> Ablation
     records: dict  # run id -> record
     values: pd.DataFrame  # one row per (ablation, variant, seed, metric)
+    overrides: tuple = ()  # the command line's key=value words the sweep's run ids hold
 
     def summary(self) -> pd.DataFrame:
         return summarise(self.values)
@@ -85,7 +89,7 @@ def collect(preset: str = "tiny", seeds: int = 1, overrides=(), names=(), result
     registry = {a.name: a for a in abls}
     configs = {rid: u.cfg.to_dict() for rid, u in plan.units.items()}
     values = cell_values(plan.cells, registry, preset, records, configs)
-    return Results(preset, results_dir, cfg, plan, registry, records, values)
+    return Results(preset, results_dir, cfg, plan, registry, records, values, tuple(overrides))
 
 
 def _max_seed(frame: pd.DataFrame, preset: str) -> int:
@@ -162,7 +166,7 @@ def cell_values(cells, registry: dict, preset: str, records: dict, configs: dict
                 value = _number((rec.get("metrics") or {}).get("top1"))
                 if math.isnan(value):
                     state, reason = "failed", "the record has no metrics.top1"
-            rows.append({**base, "metric": PROTOCOL_METRIC.get(protocol, f"{protocol}_top1"), "value": value,
+            rows.append({**base, "metric": protocol_metric(protocol), "value": value,
                          "state": state, "reason": reason, "run_id": rid, "detail": detail})
         if cell.pretrain_id:
             m = (pt or {}).get("metrics") or {}
@@ -179,7 +183,7 @@ def cell_values(cells, registry: dict, preset: str, records: dict, configs: dict
 
 
 def cell_metrics(abl: Ablation, preset: str) -> list[str]:
-    out = [PROTOCOL_METRIC.get(p, f"{p}_top1") for p in abl.evals_for(preset)]
+    out = [protocol_metric(p) for p in abl.evals_for(preset)]
     return out + (list(PRETRAIN_METRICS) if abl.pretrain else [])
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
-from core.report.collect import METRICS, PROTOCOL_METRIC, Results
+from core.report.collect import METRICS, Results, protocol_metric
+from core.sweep import id_inputs
 from core.report.intervals import LEVEL, diff_ci, welch
 from core.report.render import _md_row
 from core.report.tables import METRIC_ORDER
@@ -85,7 +86,7 @@ def _record_metrics(rec) -> dict:
         if rec.get("wall_time_s") is not None:
             out["hours"] = rec["wall_time_s"] / 3600
     else:
-        out = {PROTOCOL_METRIC.get(rec.get("kind"), f"{rec.get('kind')}_top1"): m.get("top1")}
+        out = {protocol_metric(rec.get("kind")): m.get("top1")}
     return {k: [float(v)] for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
@@ -117,7 +118,10 @@ def compare(res: Results, new: str, baseline: str | None = None, metrics=None) -
             rows.append(row)
     if not rows:
         raise UserError(f"{new} and {baseline} share no metric with finished runs"
-                        + (f" among {', '.join(metrics)}" if metrics else "") + " yet; see python run_all.py status")
+                        + (f" among {', '.join(metrics)}" if metrics else "") + " yet; see python run_all.py status. "
+                        + id_inputs(res.preset, res.overrides, [res.ablations[n] for n in
+                                                                (new.split("/")[0], baseline.split("/")[0])
+                                                                if n in res.ablations]))
     return pd.DataFrame(rows)
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from core.ablation import PAPER_PRESET, load_all
-from core.report.collect import IN_SUITE_TOKENIZER, METRICS, PROTOCOL_METRIC, Results, ours_text
+from core.registry import PROTOCOLS
+from core.report.collect import IN_SUITE_TOKENIZER, METRICS, Results, ours_text, protocol_metric
 from core.report.paper import PAPER_MODEL, load_paper, model_name, source_name
 
 # Where MAE's own full fine-tuning number lives, for the section-4 comparison with the scratch ViT:
@@ -50,7 +51,9 @@ def build_tables(res: Results, paper: pd.DataFrame | None = None) -> list[Table]
     model = main_model(res, paper)
     known = load_all()
     known_sources = {a.source for a in known.values()}
-    counts = Counter(a.source for a in res.ablations.values())
+    # a table's file name depends on every known ablation, not on the ones this command names: `tables a`
+    # and `tables a b` write the same files (two of one source: <source>_<name>, never a stale <source>.md)
+    counts = Counter(a.source for a in {**known, **res.ablations}.values())
     tables, claimed = [], set()
     for abl in sorted(res.ablations.values(), key=lambda a: source_order(a.source)):
         tid = abl.source if counts[abl.source] == 1 else f"{abl.source}_{abl.name}"
@@ -86,8 +89,8 @@ def main_model(res: Results, paper) -> str:
 def table_metrics(abl, preset: str, prows) -> list[str]:
     """What the paper reports, what this preset evaluates, and the ablation's pretraining numbers
     (an accuracy neither evaluated here nor in the paper gets no column)."""
-    evaluated = {PROTOCOL_METRIC.get(p, f"{p}_top1") for p in abl.evals_for(preset)}
-    accuracy = set(PROTOCOL_METRIC.values())
+    evaluated = {protocol_metric(p) for p in abl.evals_for(preset)}
+    accuracy = {protocol_metric(p) for p in PROTOCOLS}
     wanted = set(prows.metric) | evaluated | {m for m in abl.metrics if m not in accuracy}
     return [m for m in METRIC_ORDER if m in wanted] + sorted(wanted - set(METRIC_ORDER))
 

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from core.checkpoint import load_file
 from core.errors import CheckpointError, TrainingFailed
 from core.model import ARCHS, patchify
+from core.registry import TARGETS
 
 
 class Target:
-    name = ""
+    name = ""  # set by @TARGETS.register
 
     def __init__(self, model_cfg, data_cfg):
         self.model_cfg, self.data_cfg = model_cfg, data_cfg
@@ -52,9 +53,9 @@ class Target:
         return None
 
 
+@TARGETS.register("pixel", help="normalised pixels of each patch (the Table 1 baseline)")
 class PixelTarget(Target):
     """Normalised image pixels of each patch (the Table 1 baseline)."""
-    name = "pixel"
 
     @property
     def dim(self):
@@ -68,10 +69,10 @@ class PixelTarget(Target):
         return pred.float()
 
 
+@TARGETS.register("norm_pixel", help="pixels normalised by each patch's own mean and variance")
 class NormPixelTarget(PixelTarget):
     """Pixels normalised by each patch's own mean and variance (eps 1e-6), as in the paper's code
     (torch's default unbiased variance)."""
-    name = "norm_pixel"
 
     @torch.no_grad()
     def __call__(self, imgs):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from core.model import patchify
+from core.registry import TARGETS, Param
+from core.settings import ATLEAST1, Free, Range
 from core.targets.base import Target, cross_entropy_patch_loss
 from core.targets.dalle import LOGIT_LAPLACE_EPS, check_dvae_path, load_dalle_encoder
 from core.targets.dvae_model import resize, token_grid
@@ -19,10 +21,23 @@ from core.targets.tokenizer import prepare_tokenizer, tokenizer_job
 __all__ = ["DVAETokenTarget", "check_dvae_path", "tokenizer_job"]
 
 
+def _trained(model: dict) -> bool:
+    """Whether the in-suite tokenizer is trained (not with DALL-E's file): its settings count only then."""
+    return not model.get("dvae_path")
+
+
+@TARGETS.register("dvae_token", help="the tokens of a discrete VAE (BEiT's target)",
+                  quick={"model.dvae_vocab": 32, "model.dvae_width": 8, "model.dvae_epochs": 1}, params=[
+    Param("model.dvae_vocab", 8192, Range(2), "dvae_token target: tokenizer vocabulary", "Table 1d", applies=_trained),
+    Param("model.dvae_width", 128, ATLEAST1, "dvae_token target: conv width of the in-suite tokenizer",
+          applies=_trained),
+    Param("model.dvae_epochs", 10, ATLEAST1, "dvae_token target: training epochs of the in-suite tokenizer",
+          applies=_trained),
+    Param("model.dvae_path", "", Free("a path"), "dvae_token target: DALL-E encoder.pkl instead of the in-suite "
+          "tokenizer")])
 class DVAETokenTarget(Target):
     """Target = the tokenizer's argmax code per patch, (B, L) long; head = vocabulary logits;
     loss = cross-entropy on the masked patches."""
-    name = "dvae_token"
 
     def __init__(self, model_cfg, data_cfg):
         super().__init__(model_cfg, data_cfg)

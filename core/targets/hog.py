@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
+from core.registry import TARGETS
 from core.targets.base import Target
 
 BINS = 9
@@ -35,8 +36,8 @@ def orientation_histograms(imgs: torch.Tensor, cell: int) -> torch.Tensor:
     return hist.view(b, c, BINS, h // cell, w // cell)
 
 
+@TARGETS.register("hog", help="histograms of oriented gradients (MaskFeat; not in the MAE paper)")
 class HOGTarget(Target):
-    name = "hog"
 
     def __init__(self, model_cfg, data_cfg):
         super().__init__(model_cfg, data_cfg)

@@ -19,7 +19,10 @@ from core.config import config_hash
 from core.data import Transformed, build_dataset, check_dataset_path, collate_skipping, pretrain_transform, sample_seed
 from core.errors import DataError
 from core.fingerprint import resolve as resolve_dataset
-from core.model import patchify
+from core.errors import ConfigError
+from core.model import ARCHS, patchify
+from core.registry import TARGETS, Param
+from core.settings import ATLEAST1, NONNEG
 from core.targets.base import Target, load_cached
 
 MIN_PATCHES_PER_IMAGE = 16  # on ImageNet: 100k patches from ~6k images rather than 100k decodes
@@ -81,9 +84,20 @@ def fit_pca(patches: torch.Tensor) -> dict:
             "samples": patches.shape[0]}
 
 
+def _components_fit(cfg) -> None:
+    """Config time: no more components than a patch has values."""
+    patch = ARCHS[cfg.model.arch]["patch_size"]
+    if cfg.model.pca_components > patch * patch * 3:
+        raise ConfigError(f"model.pca_components must be in [0, {patch * patch * 3}] (0 = patch dim / 8), "
+                          f"got {cfg.model.pca_components}")
+
+
+# quick: settings that make it cheap where a test only needs it to work (tests/test_targets.py)
+@TARGETS.register("pca", help="coefficients on the top principal axes of training patches", check=_components_fit, quick={"model.pca_samples": 2000}, params=[
+    Param("model.pca_components", 0, NONNEG, "pca target: coefficients kept (0: patch dim / 8)", "Table 1d"),
+    Param("model.pca_samples", 100_000, ATLEAST1, "pca target: training patches the basis is fitted on")])
 class PCATarget(Target):
     """Coefficients of (patch - mean) on the top-k principal axes (not whitened); MSE loss."""
-    name = "pca"
 
     def __init__(self, model_cfg, data_cfg):
         super().__init__(model_cfg, data_cfg)
