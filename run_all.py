@@ -15,7 +15,7 @@ import sys
 import time
 
 from core.config import Config, apply_overrides, build_config, flat_dict, parse_override
-from core.presets import PRESETS, REHEARSAL
+from core.presets import PRESETS, REHEARSAL_OF, is_rehearsal
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 
 # The subcommands import the rest of the suite when they run: torch, timm and matplotlib take seconds
@@ -135,7 +135,7 @@ def _plan(args):
     from core.sweep import make_plan
 
     names, overrides = split_targets(args.targets)
-    if args.preset == "rehearsal":  # its JPEG folder first: run ids hold the dataset's fingerprint
+    if is_rehearsal(args.preset):  # its JPEG folder first: run ids hold the dataset's fingerprint
         from core.rehearsal import ensure_data
         ensure_data(build_config(args.preset, overrides), lambda *a: None)
     return make_plan(select(names), args.preset, args.seeds, overrides), overrides
@@ -147,7 +147,7 @@ def cmd_run(args):
     from core.parallel import run_plan_parallel
     from core.sweep import run_plan
 
-    rehearsal = args.preset == REHEARSAL
+    rehearsal = is_rehearsal(args.preset)
     if rehearsal and "RANK" not in os.environ:  # not yet under torchrun: launch it, then sum up
         return cmd_rehearse(args)
     if getattr(args, "nproc", None) is not None and not rehearsal:
@@ -180,13 +180,18 @@ def cmd_run(args):
 
 
 def cmd_rehearse(args):
-    """`run --rehearse`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
+    """`run --rehearse [--preset TIER]`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
     processes (every unit in turn, a failed unit does not stop the others), then the rehearsal's
     tables, report and status, and a summary of every unit with the wall time."""
-    from core.rehearsal import ensure_data, load_outcome, outcome_path, summary_lines
+    from core.ablation import select
+    from core.presets import TIER_OF
+    from core.rehearsal import cell_keys, ensure_data, load_outcome, outcome_path, summary_lines
+    from core.sweep import make_plan
 
     t0 = time.perf_counter()
     plan, overrides = _plan(args)
+    # variants the tier itself cannot build (Figure 9's 24 blocks in ViT-B) are expected to be unavailable
+    expected = cell_keys(make_plan(select(split_targets(args.targets)[0]), TIER_OF[args.preset], args.seeds, overrides))
     cfg = build_config(args.preset, overrides)
     ensure_data(cfg)
     if os.path.exists(outcome_path(cfg)):
@@ -194,8 +199,8 @@ def cmd_rehearse(args):
     nproc = getattr(args, "nproc", None) or 2
     print(f"rehearsal: {len(plan.units)} units under torchrun --nproc_per_node {nproc}", flush=True)
     rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                          os.path.join(ROOT, "run_all.py"), "run", "--rehearse", "--quiet", "--seeds", str(args.seeds),
-                          *args.targets])
+                          os.path.join(ROOT, "run_all.py"), "run", "--preset", args.preset, "--quiet",
+                          "--seeds", str(args.seeds), *args.targets])
     ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=args.targets, out=None, reconstruct=None)
     broken = []
     for step in (cmd_tables, cmd_report, cmd_status):  # each is part of what is rehearsed
@@ -204,7 +209,7 @@ def cmd_rehearse(args):
         except Exception as e:  # noqa: BLE001 - reported in the summary, the next step still runs
             broken.append(f"  {step.__name__[4:]} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
     lines, all_done = summary_lines(plan, cfg, load_outcome(cfg), time.perf_counter() - t0,
-                                    f"torchrun x {nproc}" + (f" (exit code {rc})" if rc else ""))
+                                    f"torchrun x {nproc}" + (f" (exit code {rc})" if rc else ""), expected)
     print("\n" + "\n".join(lines + broken))
     if rc or broken or not all_done:
         raise SystemExit(1)
@@ -372,6 +377,12 @@ def resolve_preset(args) -> None:
     --preset, or a path the preset's dataset would ignore, is refused instead of silently unused."""
     if not hasattr(args, "preset"):
         return
+    if getattr(args, "rehearse", False):  # the rehearsal of the paper or of a tier (core/presets.py REHEARSAL_OF)
+        tier = args.preset or "paper"
+        if tier not in REHEARSAL_OF and not is_rehearsal(tier):
+            raise ConfigError(f"--rehearse --preset {tier}: preset {tier} has no rehearsal; presets with one: "
+                              f"{', '.join(REHEARSAL_OF)}")
+        args.preset = REHEARSAL_OF.get(tier, tier)
     words = [w for name in ("overrides", "targets") for w in getattr(args, name, None) or [] if "=" in w]
     given = {w.split("=", 1)[0].strip(): w.split("=", 1)[1].strip() for w in words}
     if args.preset is None:
@@ -393,11 +404,11 @@ def resolve_preset(args) -> None:
 
 
 def add_preset_args(p: argparse.ArgumentParser):
-    """--preset, or --rehearse: the paper preset's plan at miniature size (core/rehearsal.py)."""
-    group = p.add_mutually_exclusive_group()  # default None: argparse lets a value equal to the default pass
-    group.add_argument("--preset", help="config preset (default tiny)")
-    group.add_argument("--rehearse", dest="preset", action="store_const", const="rehearsal",
-                       help="rehearse the paper sweep at miniature size (= --preset rehearsal; README)")
+    """--preset, and --rehearse: that preset's plan at miniature size (core/rehearsal.py)."""
+    p.add_argument("--preset", help="config preset (default tiny; with --rehearse: paper)")
+    p.add_argument("--rehearse", action="store_true", help="rehearse the preset's sweep at miniature size "
+                   f"(paper and the tiers {', '.join(list(REHEARSAL_OF)[1:])}; --rehearse alone = --preset rehearsal; "
+                   "README)")
 
 
 def positive_int(text):

@@ -12,4 +12,9 @@ ARCHS: dict[str, dict] = {
     "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
     # the rehearsal preset: ViT-L's 24 blocks and 16 px patches (every Figure 9 variant builds), 32 wide
     "vit_rehearsal_patch16": dict(patch_size=16, embed_dim=32, depth=24, num_heads=4),
+    # the cifar_vitt tier (docs/tiers.md): ViT-Ti's sizes (DeiT-Ti: 192 wide, 12 blocks, 3 heads), 4 px patches
+    "vit_ti_patch4": dict(patch_size=4, embed_dim=192, depth=12, num_heads=3),
+    # the rehearsals of the 12-block tiers (core/presets.py REHEARSAL_OF): their depth and patch size, 32 wide
+    "vit_rehearsal12_patch16": dict(patch_size=16, embed_dim=32, depth=12, num_heads=4),
+    "vit_rehearsal12_patch4": dict(patch_size=4, embed_dim=32, depth=12, num_heads=4),
 }
