@@ -98,6 +98,18 @@ def cmd_data_beton(args):
               f"{info['seconds']:.1f} s")
 
 
+def cmd_data_tier(args):
+    from core import dataprep
+
+    if args.tool == "imagenet100":
+        counts = dataprep.imagenet100(args.imagenet, args.out)
+    else:
+        counts = dataprep.cifar(args.tool, args.tarball, args.out)
+    print(f"wrote {args.out}: {counts['train']} train and {counts['val']} val images "
+          f"({'symlinked class folders' if args.tool == 'imagenet100' else 'PNG files'}); "
+          f"use it with data.path={args.out} (docs/tiers.md)")
+
+
 def cmd_eval(args):
     from core.eval import evaluate, scratch
 
@@ -455,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_tokenizer)
 
-    p = sub.add_parser("data", help="dataset conversion (FFCV .beton files, docs/ffcv.md)")
+    p = sub.add_parser("data", help="datasets: FFCV .beton files (docs/ffcv.md); the tiers' ImageNet-100 and CIFAR "
+                       "folders (docs/tiers.md)")
     tools = p.add_subparsers(dest="tool", required=True, parser_class=Parser, metavar="TOOL")
     q = tools.add_parser("beton", help="convert an ImageFolder (SRC/train, SRC/val -> OUT/train.beton, "
                          "OUT/val.beton; or one class-folder tree -> OUT.beton)")
@@ -468,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--on-corrupt", choices=("skip", "error"), default="skip",
                    help="an unreadable image: skip it (listed in OUT.json) or stop naming it")
     q.set_defaults(func=cmd_data_beton)
+    q = tools.add_parser("imagenet100", help="the in100_vits tier's data: an ImageFolder of symlinks to the 100 "
+                         "classes of core/imagenet100_classes.txt in your ImageNet (docs/tiers.md)")
+    q.add_argument("--imagenet", required=True, metavar="DIR", help="ImageNet with train/<wnid>/ and val/<wnid>/")
+    q.add_argument("--out", required=True, metavar="DIR", help="the folder to create (must not exist)")
+    q.set_defaults(func=cmd_data_tier)
+    for kind in ("cifar10", "cifar100"):
+        q = tools.add_parser(kind, help=f"the cifar_vitt tier's data: {kind} as an ImageFolder of PNG files from "
+                             f"the official {kind.replace('cifar', 'cifar-')}-python.tar.gz")
+        q.add_argument("--tarball", required=True, metavar="FILE", help="the official python-version tarball")
+        q.add_argument("--out", required=True, metavar="DIR", help="the folder to create (must not exist)")
+        q.set_defaults(func=cmd_data_tier)
 
     p = sub.add_parser("eval", help="evaluate a pretraining run (or a checkpoint file); or train the scratch baseline")
     protocols = p.add_subparsers(dest="protocol", required=True, parser_class=Parser, metavar="PROTOCOL")
