@@ -60,10 +60,10 @@ def grid_hours(plan, tflops: float) -> dict:
     share counts in each), and the baseline alone: its pretraining (`baseline_pretrain`) and with
     that run's evaluations (`baseline`)."""
     hours = {rid: gpu_hours(unit_flops(u) or 0.0, tflops) for rid, u in plan.units.items()}
-    by_ablation: dict[str, float] = {}
+    by_ablation = dict.fromkeys((c.ablation for c in plan.cells), 0.0)  # in the plan's order
     for rid, unit in plan.units.items():
         for name in {a for a, _, _ in unit.users}:
-            by_ablation[name] = by_ablation.get(name, 0.0) + hours[rid]
+            by_ablation[name] += hours[rid]
     base = next((c for c in plan.cells if c.is_baseline and c.pretrain_id and not c.unavailable), None)
     evals = list(base.eval_ids.values()) + [i for ch in base.eval_choices.values() for i in ch.values()] if base else []
     return {"total": sum(hours.values()), "by_ablation": by_ablation,
