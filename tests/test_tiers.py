@@ -112,3 +112,30 @@ def test_run_rehearse_a_tier(tmp_path, tier, ablation, units):
     recs = [results.read_record(str(tmp_path / cfg.run.results_dir), p.stem)
             for p in (tmp_path / cfg.run.results_dir / "runs").glob("*.json")]
     assert len(recs) == units and {(r["status"], r["preset"]) for r in recs} == {("done", REHEARSAL_OF[tier])}
+
+
+def test_a_tiers_tables_and_claims_show_its_published_numbers_never_vit_l():
+    from core.report.claims import evaluate_claims
+    from core.report.collect import collect
+    from core.report.paper import NO_FIGURE, load_paper
+    from core.report.tables import build_tables
+
+    vit_l = set(load_paper().query("source != 'table3' and source != 'table12'").value)
+    for tier, (table, row, published) in {"in1k_vitb": ("figure7", "800", {"ft": "81.3", "lin": "46"}),
+                                          "cifar_vitt": ("table1a", "1", {"ft": "84.79", "lin": "56.02"}),
+                                          "in100_vits": ("table1a", "1", {"ft": NO_FIGURE, "lin": NO_FIGURE})}.items():
+        res = collect(tier, 1, [], ["epochs", "decoder_depth", "mask_token"])
+        tables = {t.id: t for t in build_tables(res)}
+        for t in tables.values():
+            if t.id != "reference":  # Tables 3 and 12 name their model in each row
+                cols = [j for j, h in enumerate(t.header) if h.endswith(" published")]
+                assert cols and not any(" paper" in h for h in t.header), t.header
+                shown = {r[j] for r in t.body for j in cols}
+                assert not {float(x) for x in shown if x != NO_FIGURE and x != "—"} & vit_l - {46.0}, (tier, t.id)
+                assert f"tier {tier}" in t.notes[-1]
+        t = tables[table]
+        line = next(r for r in t.body if r[1] == row)
+        assert {h.split()[0]: line[j] for j, h in enumerate(t.header) if h.endswith(" published")} == published
+        claims = evaluate_claims(res)
+        assert all("ViT-L" not in p and f"published at tier {tier}" in p for p in claims.paper)
+    assert "(ft, ViT-L)" in evaluate_claims(collect("paper", 1, [], ["mask_token"])).paper.iloc[1]
