@@ -139,3 +139,12 @@ def test_a_tiers_tables_and_claims_show_its_published_numbers_never_vit_l():
         claims = evaluate_claims(res)
         assert all("ViT-L" not in p and f"published at tier {tier}" in p for p in claims.paper)
     assert "(ft, ViT-L)" in evaluate_claims(collect("paper", 1, [], ["mask_token"])).paper.iloc[1]
+
+
+def test_submit_rehearse_dry_runs_a_tiers_plan(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: the local executor's plan
+    d = [f"run.results_dir={tmp_path}/results", f"run.work_dir={tmp_path}/work", f"data.path={tmp_path}/data"]
+    code, out, err = cli(capsys, "submit", "partial_finetune", "--rehearse", "--preset", "cifar_vitt", "--dry-run", *d)
+    assert code == 0, err
+    assert "17 units at preset rehearsal_cifar_vitt" in out and "unavailable: partial_finetune/24" in out
+    assert "the miniature rehearsal of tier cifar_vitt" in out and not (tmp_path / "data").exists()
