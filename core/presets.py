@@ -166,7 +166,7 @@ TIER_NAMES = {"paper": ("ViT-L/16", "ImageNet-1k"), "in1k_vitb": ("ViT-B/16", "I
 IMAGES = {
     "paper": {"train": 1_281_167, "val": 50_000},  # ImageNet-1k (ILSVRC 2012)
     "in1k_vitb": {"train": 1_281_167, "val": 50_000},
-    "in100_vits": {"train": 126_689, "val": 5_000},  # the 100 classes of data/imagenet100_classes.txt
+    "in100_vits": {"train": 126_689, "val": 5_000},  # the 100 classes of core/imagenet100_classes.txt
     "cifar_vitt": {"train": 50_000, "val": 10_000},
 }
 
