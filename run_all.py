@@ -15,7 +15,7 @@ import sys
 import time
 
 from core.config import Config, apply_overrides, build_config, flat_dict, parse_override
-from core.presets import PRESETS, REHEARSAL
+from core.presets import PRESETS, REHEARSAL_OF, is_rehearsal
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
 
 # The subcommands import the rest of the suite when they run: torch, timm and matplotlib take seconds
@@ -98,6 +98,18 @@ def cmd_data_beton(args):
               f"{info['seconds']:.1f} s")
 
 
+def cmd_data_tier(args):
+    from core import dataprep
+
+    if args.tool == "imagenet100":
+        counts = dataprep.imagenet100(args.imagenet, args.out)
+    else:
+        counts = dataprep.cifar(args.tool, args.tarball, args.out)
+    print(f"wrote {args.out}: {counts['train']} train and {counts['val']} val images "
+          f"({'symlinked class folders' if args.tool == 'imagenet100' else 'PNG files'}); "
+          f"use it with data.path={args.out} (docs/tiers.md)")
+
+
 def cmd_eval(args):
     from core.eval import evaluate, scratch
 
@@ -143,7 +155,7 @@ def _plan(args):
     from core.sweep import make_plan
 
     names, overrides = split_targets(args.targets)
-    if args.preset == "rehearsal":  # its JPEG folder first: run ids hold the dataset's fingerprint
+    if is_rehearsal(args.preset):  # its JPEG folder first: run ids hold the dataset's fingerprint
         from core.rehearsal import ensure_data
         ensure_data(build_config(args.preset, overrides), lambda *a: None)
     return make_plan(select(names), args.preset, args.seeds, overrides), overrides
@@ -155,7 +167,7 @@ def cmd_run(args):
     from core.parallel import run_plan_parallel
     from core.sweep import run_plan
 
-    rehearsal = args.preset == REHEARSAL
+    rehearsal = is_rehearsal(args.preset)
     if rehearsal and "RANK" not in os.environ:  # not yet under torchrun: launch it, then sum up
         return cmd_rehearse(args)
     if getattr(args, "nproc", None) is not None and not rehearsal:
@@ -188,13 +200,18 @@ def cmd_run(args):
 
 
 def cmd_rehearse(args):
-    """`run --rehearse`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
+    """`run --rehearse [--preset TIER]`: the paper plan at miniature size in ONE torchrun launch of `--nproc`
     processes (every unit in turn, a failed unit does not stop the others), then the rehearsal's
     tables, report and status, and a summary of every unit with the wall time."""
-    from core.rehearsal import ensure_data, load_outcome, outcome_path, summary_lines
+    from core.ablation import select
+    from core.presets import TIER_OF
+    from core.rehearsal import cell_keys, ensure_data, load_outcome, outcome_path, summary_lines
+    from core.sweep import make_plan
 
     t0 = time.perf_counter()
     plan, overrides = _plan(args)
+    # variants the tier itself cannot build (Figure 9's 24 blocks in ViT-B) are expected to be unavailable
+    expected = cell_keys(make_plan(select(split_targets(args.targets)[0]), TIER_OF[args.preset], args.seeds, overrides))
     cfg = build_config(args.preset, overrides)
     ensure_data(cfg)
     if os.path.exists(outcome_path(cfg)):
@@ -202,8 +219,8 @@ def cmd_rehearse(args):
     nproc = getattr(args, "nproc", None) or 2
     print(f"rehearsal: {len(plan.units)} units under torchrun --nproc_per_node {nproc}", flush=True)
     rc = subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                          os.path.join(ROOT, "run_all.py"), "run", "--rehearse", "--quiet", "--seeds", str(args.seeds),
-                          *args.targets])
+                          os.path.join(ROOT, "run_all.py"), "run", "--preset", args.preset, "--quiet",
+                          "--seeds", str(args.seeds), *args.targets])
     ns = argparse.Namespace(preset=args.preset, seeds=args.seeds, targets=args.targets, out=None, reconstruct=None)
     broken = []
     for step in (cmd_tables, cmd_report, cmd_status):  # each is part of what is rehearsed
@@ -212,7 +229,7 @@ def cmd_rehearse(args):
         except Exception as e:  # noqa: BLE001 - reported in the summary, the next step still runs
             broken.append(f"  {step.__name__[4:]} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
     lines, all_done = summary_lines(plan, cfg, load_outcome(cfg), time.perf_counter() - t0,
-                                    f"torchrun x {nproc}" + (f" (exit code {rc})" if rc else ""))
+                                    f"torchrun x {nproc}" + (f" (exit code {rc})" if rc else ""), expected)
     print("\n" + "\n".join(lines + broken))
     if rc or broken or not all_done:
         raise SystemExit(1)
@@ -386,6 +403,12 @@ def resolve_preset(args) -> None:
     --preset, or a path the preset's dataset would ignore, is refused instead of silently unused."""
     if not hasattr(args, "preset"):
         return
+    if getattr(args, "rehearse", False):  # the rehearsal of the paper or of a tier (core/presets.py REHEARSAL_OF)
+        tier = args.preset or "paper"
+        if tier not in REHEARSAL_OF and not is_rehearsal(tier):
+            raise ConfigError(f"--rehearse --preset {tier}: preset {tier} has no rehearsal; presets with one: "
+                              f"{', '.join(REHEARSAL_OF)}")
+        args.preset = REHEARSAL_OF.get(tier, tier)
     words = config_words(args)
     given = {w.split("=", 1)[0].strip(): w.split("=", 1)[1].strip() for w in words}
     if args.preset is None:
@@ -465,11 +488,11 @@ def check_run_ids(option: str):
 
 
 def add_preset_args(p: argparse.ArgumentParser):
-    """--preset, or --rehearse: the paper preset's plan at miniature size (core/rehearsal.py)."""
-    group = p.add_mutually_exclusive_group()  # default None: argparse lets a value equal to the default pass
-    group.add_argument("--preset", help="config preset (default tiny)")
-    group.add_argument("--rehearse", dest="preset", action="store_const", const="rehearsal",
-                       help="rehearse the paper sweep at miniature size (= --preset rehearsal; README)")
+    """--preset, and --rehearse: that preset's plan at miniature size (core/rehearsal.py)."""
+    p.add_argument("--preset", help="config preset (default tiny; with --rehearse: paper)")
+    p.add_argument("--rehearse", action="store_true", help="rehearse the preset's sweep at miniature size "
+                   f"(paper and the tiers {', '.join(list(REHEARSAL_OF)[1:])}; --rehearse alone = --preset rehearsal; "
+                   "README)")
 
 
 def positive_int(text):
@@ -519,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_tokenizer, checks=(check_dataset,))
 
-    p = sub.add_parser("data", help="dataset conversion (FFCV .beton files, docs/ffcv.md)")
+    p = sub.add_parser("data", help="datasets: FFCV .beton files (docs/ffcv.md); the tiers' ImageNet-100 and CIFAR "
+                       "folders (docs/tiers.md)")
     tools = p.add_subparsers(dest="tool", required=True, parser_class=Parser, metavar="TOOL")
     q = tools.add_parser("beton", help="convert an ImageFolder (SRC/train, SRC/val -> OUT/train.beton, "
                          "OUT/val.beton; or one class-folder tree -> OUT.beton)")
@@ -532,6 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--on-corrupt", choices=("skip", "error"), default="skip",
                    help="an unreadable image: skip it (listed in OUT.json) or stop naming it")
     q.set_defaults(func=cmd_data_beton)
+    q = tools.add_parser("imagenet100", help="the in100_vits tier's data: an ImageFolder of symlinks to the 100 "
+                         "classes of core/imagenet100_classes.txt in your ImageNet (docs/tiers.md)")
+    q.add_argument("--imagenet", required=True, metavar="DIR", help="ImageNet with train/<wnid>/ and val/<wnid>/")
+    q.add_argument("--out", required=True, metavar="DIR", help="the folder to create (must not exist)")
+    q.set_defaults(func=cmd_data_tier)
+    for kind in ("cifar10", "cifar100"):
+        q = tools.add_parser(kind, help=f"the cifar_vitt tier's data: {kind} as an ImageFolder of PNG files from "
+                             f"the official {kind.replace('cifar', 'cifar-')}-python.tar.gz")
+        q.add_argument("--tarball", required=True, metavar="FILE", help="the official python-version tarball")
+        q.add_argument("--out", required=True, metavar="DIR", help="the folder to create (must not exist)")
+        q.set_defaults(func=cmd_data_tier)
 
     p = sub.add_parser("eval", help="evaluate a pretraining run (or a checkpoint file); or train the scratch baseline")
     protocols = p.add_subparsers(dest="protocol", required=True, parser_class=Parser, metavar="PROTOCOL")

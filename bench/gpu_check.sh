@@ -61,15 +61,20 @@ if [[ "$QUICK" == 1 ]]; then
     stage "FLOPs (Table 1c)" 120 "$PYTHON" bench/flops.py "${ARGS[@]}"
     stage "pretraining step" 120 "$PYTHON" bench/pretrain_step.py "${ARGS[@]}" --precision bf16
     stage "Table 2 speed-ups" 120 "$PYTHON" bench/wallclock.py "${ARGS[@]}"
+    stage "tiers: baseline step" 120 "$PYTHON" bench/pretrain_step.py "${ARGS[@]}" --precision bf16 \
+        --presets cifar_vitt
     echo "(quick: the torch.compile stage is skipped; compiling takes minutes on a CPU)"
 else
-    # budget: 45 + 45 + 75 + 140 + 150 = 455 s of limits; a normal run should take about half
+    # budget: 45 + 45 + 75 + 140 + 120 + 150 = 575 s of limits; a normal run should take about half
     stage "matmul peak" 45 "$PYTHON" bench/matmul.py "${ARGS[@]}" --precision bf16 --n 8192
     stage "FLOPs (Table 1c)" 45 "$PYTHON" bench/flops.py "${ARGS[@]}" --models vit_large_patch16 vit_huge_patch14
     stage "pretraining step, eager" 75 "$PYTHON" bench/pretrain_step.py "${ARGS[@]}" \
         --models vit_large_patch16 --batch 256 --precision bf16 --compile off --steps 10 --warmup 3
     stage "Table 2 speed-ups" 140 "$PYTHON" bench/wallclock.py "${ARGS[@]}" \
         --models vit_large_patch16 vit_huge_patch14 --batch 64 --precision bf16 --steps 10 --warmup 3
+    # issue 26: images/s and peak memory of each tier's baseline at its per-GPU batch (docs/tiers.md)
+    stage "tiers: baseline step" 120 "$PYTHON" bench/pretrain_step.py "${ARGS[@]}" \
+        --presets in1k_vitb in100_vits cifar_vitt --precision bf16 --compile off --steps 10 --warmup 3
     stage "pretraining step, torch.compile" 150 "$PYTHON" bench/pretrain_step.py "${ARGS[@]}" \
         --models vit_large_patch16 --batch 256 --precision bf16 --compile on --steps 10 --warmup 3
 fi

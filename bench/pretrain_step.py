@@ -11,6 +11,7 @@ so that a machine that got busier or quieter meanwhile does not flatter the step
     python bench/pretrain_step.py                                   # CPU: tiny, ViT-B, ViT-L x fp32, bf16
     python bench/pretrain_step.py --models vit_base_patch16 --precision bf16 --batch 32 --steps 5
     python bench/pretrain_step.py --device cuda --models vit_large_patch16 --batch 256 --compile both
+    python bench/pretrain_step.py --device cuda --presets in1k_vitb in100_vits cifar_vitt   # each tier's baseline
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ GPU_BATCH = {"vit_tiny_patch4": 1024, "vit_small_patch16": 256, "vit_base_patch1
 
 
 def measure(arch: str, batch: int, precision: str, device: torch.device, compile: bool, steps: int, warmup: int,
-            quick: bool, img_size: int | None = None) -> dict:
-    cfg = common.model_config(arch, img_size=img_size)
+            quick: bool, img_size: int | None = None, cfg=None) -> dict:
+    cfg = cfg or common.model_config(arch, img_size=img_size)
     flops_img = common.train_flops_per_image(cfg)
     row = {"model": common.SHORT.get(arch, arch), "arch": arch, "precision": precision, "batch": batch,
            "compile": compile, "steps": steps, "warmup": warmup, "mask_ratio": cfg.model.mask_ratio,
@@ -72,6 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 3 cpu, 40 for tiny; 10 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 cpu, 20 for tiny; 3 cuda; +2 compiled)")
     p.add_argument("--compile", default=None, choices=("off", "on", "both"), help="default off on cpu, both on cuda")
+    p.add_argument("--presets", nargs="+", default=None, metavar="PRESET",
+                   help="instead of --models: each preset's baseline model (encoder, image size, decoder) at its "
+                        "per-GPU batch (pretrain.batch_size / accum_iter / GPUs); docs/tiers.md")
     p.add_argument("--img-size", type=int, default=None, help="image size (default the model's preset: tiny 16, "
                    "paper 224)")
     args = p.parse_args(argv)
@@ -96,8 +100,16 @@ def main(argv=None) -> int:
                 for prec in precisions}
     before = peaks()
     rows = []
-    for arch in models:
-        batch = args.batch or (8 if args.quick else (GPU_BATCH if gpu else CPU_BATCH)[arch])
+    runs = [(arch, None, None) for arch in models]
+    if args.presets:  # the tiers' baselines: their own model settings and per-GPU batch
+        from core.config import build_config
+        runs = []
+        for name in args.presets:
+            cfg = build_config(name, ["data.dataset=synthetic", "data.synthetic_size=4096"])
+            cl, p_ = cfg.cluster, cfg.pretrain
+            runs.append((cfg.model.arch, cfg, p_.batch_size // p_.accum_iter // max(1, cl.nodes * cl.gpus_per_node)))
+    for arch, preset_cfg, preset_batch in runs:
+        batch = args.batch or (8 if args.quick else preset_batch or (GPU_BATCH if gpu else CPU_BATCH)[arch])
         for prec in precisions:
             for comp in compiles:
                 n, w = steps, warmup + (2 if comp else 0)  # the first compiled calls compile
@@ -105,11 +117,15 @@ def main(argv=None) -> int:
                     # tiny steps take tens of ms: oneDNN builds its bf16 kernels over the first ~10
                     # steps, and with 1 warm-up step bf16 read 194 instead of 21 ms/step (measured)
                     n, w = 40, 20
-                row = measure(arch, batch, prec, device, comp, n, w, args.quick, args.img_size)
+                row = measure(arch, batch, prec, device, comp, n, w, args.quick, args.img_size, preset_cfg)
+                if preset_cfg is not None:
+                    row["preset"] = preset_cfg.run.preset
                 rows.append({**env, "bench": "pretrain_step", **row})
                 print(f"  {row['model']} {prec} batch {batch} compile={comp}: "
                       + (f"{row['images_per_s']:.3g} img/s, {row['ms_per_step']:.0f} ms/step, "
-                         f"{row['achieved_tflops']:.3g} TFLOP/s" if "error" not in row else row["error"]), flush=True)
+                         f"{row['achieved_tflops']:.3g} TFLOP/s" if "error" not in row else row["error"])
+                      + (f", peak memory {row['max_memory_gib']:.1f} GiB" if "max_memory_gib" in row else "")
+                      + (f" [preset {row['preset']}]" if "preset" in row else ""), flush=True)
     after = peaks()
     for row in rows:
         b, a = before[row["precision"]]["tflops"], after[row["precision"]]["tflops"]

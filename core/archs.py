@@ -18,5 +18,12 @@ ARCHS.register("vit_huge_patch14", dict(patch_size=14, embed_dim=1280, depth=32,
 # the rehearsal preset: ViT-L's 24 blocks and 16 px patches (every Figure 9 variant builds), 32 wide
 ARCHS.register("vit_rehearsal_patch16", dict(patch_size=16, embed_dim=32, depth=24, num_heads=4),
                help="the rehearsal preset: ViT-L's 24 blocks and 16 px patches, 32 wide")
+# the cifar_vitt tier (docs/tiers.md): ViT-Ti's sizes (DeiT-Ti: 192 wide, 12 blocks, 3 heads), 4 px patches
+ARCHS.register("vit_ti_patch4", dict(patch_size=4, embed_dim=192, depth=12, num_heads=3), help="ViT-Ti, 4 px patches")
+# the rehearsals of the 12-block tiers (core/presets.py REHEARSAL_OF): their depth and patch size, 32 wide
+ARCHS.register("vit_rehearsal12_patch16", dict(patch_size=16, embed_dim=32, depth=12, num_heads=4),
+               help="rehearsal of the 12-block, 16 px patch tiers")
+ARCHS.register("vit_rehearsal12_patch4", dict(patch_size=4, embed_dim=32, depth=12, num_heads=4),
+               help="rehearsal of the 12-block, 4 px patch tier")
 
 __all__ = ["ARCHS"]

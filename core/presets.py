@@ -122,6 +122,76 @@ SCALED: dict[str, dict] = {REHEARSAL: {
 PLAN_OF = {REHEARSAL: "paper"}
 
 
+# The tiers between the laptop and the paper (docs/tiers.md gives the source of every setting that
+# differs from the paper's): each runs the paper's plan, every ablation and every protocol, and its
+# whole grid costs at most a tenth of the tier above (`submit all --preset T --dry-run`). Schedules
+# shrink by SCALED, after the ablation's variant set them, so the epoch ladders stay distinct runs.
+TIERS = ("paper", "in1k_vitb", "in100_vits", "cifar_vitt")
+EPOCH_KEYS = ("pretrain.epochs", "pretrain.warmup_epochs", "model.dvae_epochs", "eval.linprobe.epochs",
+              "eval.linprobe.warmup_epochs", "eval.finetune.epochs", "eval.finetune.warmup_epochs",
+              "eval.scratch.epochs", "eval.scratch.warmup_epochs")
+PRETRAIN_EPOCH_KEYS = ("pretrain.epochs", "pretrain.warmup_epochs", "model.dvae_epochs")
+# One node of 8 GPUs at the official per-GPU batches (pretraining 64, fine-tuning 32, linear probe
+# 512): the effective batches stay the paper's, by gradient accumulation.
+ONE_NODE = {"cluster.nodes": 1, "pretrain.accum_iter": 8, "eval.finetune.accum_iter": 4,
+            "eval.linprobe.accum_iter": 4, "eval.scratch.accum_iter": 16}
+PRESETS["in1k_vitb"] = {  # ViT-B/16 on ImageNet-1k at 224 px, every schedule / 8: 100 pretraining epochs
+    **PRESETS["paper"], **ONE_NODE, "run.preset": "in1k_vitb", "model.arch": "vit_base_patch16",
+}
+PRESETS["in100_vits"] = {  # ViT-S/16 on ImageNet-100 (`run_all.py data imagenet100`) at 224 px
+    **PRESETS["paper"], "run.preset": "in100_vits", "model.arch": "vit_small_patch16",
+    # a tenth of ImageNet's images: batches / 4 keep ~124 optimizer steps an epoch (lr = blr x batch / 256)
+    "pretrain.batch_size": 1024, "eval.linprobe.batch_size": 4096, "eval.scratch.batch_size": 1024,
+    "cluster.nodes": 1, "pretrain.accum_iter": 2, "eval.finetune.accum_iter": 4, "eval.linprobe.accum_iter": 1,
+    "eval.scratch.accum_iter": 4,
+}
+PRESETS["cifar_vitt"] = {  # ViT-Ti with 4 px patches on CIFAR-10 (`run_all.py data cifar10`) at 32 px
+    **PRESETS["paper"], "run.preset": "cifar_vitt", "model.arch": "vit_ti_patch4", "model.img_size": 32,
+    "model.pca_samples": 50_000,
+    # 50,000 images: batches / 8 (pretraining, scratch), / 4 (fine-tuning, linear probe)
+    "pretrain.batch_size": 512, "eval.finetune.batch_size": 256, "eval.linprobe.batch_size": 4096,
+    "eval.scratch.batch_size": 512,
+    "cluster.nodes": 1, "cluster.gpus_per_node": 1, "cluster.cpus_per_task": 16, "cluster.time": "24:00:00",
+}
+SCALED["in1k_vitb"] = {k: 8 for k in EPOCH_KEYS}
+# the decoder's width / 4 and / 8 keep its share of a token's FLOPs near the paper's (512 wide next to
+# ViT-L's 1024: (1/2)^2 x 8/24 blocks = 8 %; ViT-S 384: (128/384)^2 x 8/12 = 7 %; ViT-Ti 192: 64 wide, 7 %)
+SCALED["in100_vits"] = {**{k: 4 for k in PRETRAIN_EPOCH_KEYS}, "model.decoder_embed_dim": 4}
+SCALED["cifar_vitt"] = {**{k: 4 for k in PRETRAIN_EPOCH_KEYS}, "model.decoder_embed_dim": 8}
+PLAN_OF.update({tier: "paper" for tier in TIERS[1:]})
+# What `submit --dry-run` names the tier by: (encoder, data).
+TIER_NAMES = {"paper": ("ViT-L/16", "ImageNet-1k"), "in1k_vitb": ("ViT-B/16", "ImageNet-1k"),
+              "in100_vits": ("ViT-S/16", "ImageNet-100"), "cifar_vitt": ("ViT-Ti/4", "CIFAR-10")}
+# Images per split of each tier's ImageFolder, for the GPU-hour estimate without listing the files.
+IMAGES = {
+    "paper": {"train": 1_281_167, "val": 50_000},  # ImageNet-1k (ILSVRC 2012)
+    "in1k_vitb": {"train": 1_281_167, "val": 50_000},
+    "in100_vits": {"train": 126_689, "val": 5_000},  # the 100 classes of core/imagenet100_classes.txt
+    "cifar_vitt": {"train": 50_000, "val": 10_000},
+}
+
+
+# The rehearsal of each tier (`--rehearse --preset T`): the tier's preset with the paper rehearsal's
+# miniature settings, on an encoder of the tier's depth and patch size (Figure 9's block counts
+# build, or not, as in the tier) at 4 x 4 patches; the same SCALED schedules as the paper's rehearsal.
+MINIATURE = {k: v for k, v in PRESETS[REHEARSAL].items() if k not in PRESETS["paper"] or PRESETS["paper"][k] != v}
+REHEARSAL_OF = {"paper": REHEARSAL}
+for _tier, _arch, _size in (("in1k_vitb", "vit_rehearsal12_patch16", 64), ("in100_vits", "vit_rehearsal12_patch16", 64),
+                            ("cifar_vitt", "vit_rehearsal12_patch4", 16)):
+    REHEARSAL_OF[_tier] = f"{REHEARSAL}_{_tier}"
+    PRESETS[REHEARSAL_OF[_tier]] = {
+        **PRESETS[_tier], **MINIATURE, "run.preset": REHEARSAL_OF[_tier], "model.arch": _arch, "model.img_size": _size,
+        # the tier's accumulation over 8 GPUs would not divide a batch of 16: 2 micro-batches, as in pretraining
+        **{f"eval.{p}.accum_iter": 2 for p in ("finetune", "linprobe", "scratch")}}
+    SCALED[REHEARSAL_OF[_tier]] = SCALED[REHEARSAL]
+    PLAN_OF[REHEARSAL_OF[_tier]] = "paper"
+TIER_OF = {r: t for t, r in REHEARSAL_OF.items()}  # rehearsal preset -> the tier it rehearses
+
+
+def is_rehearsal(preset: str) -> bool:
+    return preset in TIER_OF
+
+
 # eval.recipe -> encoder -> fine-tune settings (docs/evaluation.md). The dataclass defaults are the
 # paper's ViT-L row; encoders not listed (the tiny and small ones) keep them.
 FINETUNE_RECIPES: dict[str, dict[str, dict]] = {

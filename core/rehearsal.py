@@ -1,7 +1,7 @@
 """The rehearsal of the paper sweep (README "Before you submit: rehearse"): its data and its summary.
 
-The rehearsal preset (core/presets.py: REHEARSAL, SCALED) runs the paper preset's plan unit for unit
-at miniature size, through the same launchers: torchrun for `run --rehearse`, SLURM arrays for
+The rehearsal presets (core/presets.py: REHEARSAL, REHEARSAL_OF, SCALED) run the paper preset's plan,
+or a tier's, unit for unit at miniature size, through the same launchers: torchrun for `run --rehearse`, SLURM arrays for
 `submit --rehearse`. This module writes the small ImageFolder of real JPEG files it trains on and
 sums up how every unit ended.
 """
@@ -15,7 +15,7 @@ from PIL import Image
 
 from core import results
 from core.checkpoint import atomic_write, write_text
-from core.presets import REHEARSAL
+from core.presets import TIER_OF, is_rehearsal
 from core.sweep import unit_state
 
 # 4 classes x (4 train + 2 val) images: the 16 of a training batch, a val split every rank sees
@@ -53,8 +53,8 @@ def write_imagefolder(root: str, seed: int = 0) -> int:
 
 
 def ensure_data(cfg, log=print) -> None:
-    """The rehearsal's ImageFolder at cfg.data.path, written if not there yet (rehearsal only)."""
-    if cfg.run.preset != REHEARSAL:
+    """The rehearsal's ImageFolder at cfg.data.path, written if not there yet (rehearsals only)."""
+    if not is_rehearsal(cfg.run.preset):
         return
     n = write_imagefolder(cfg.data.path)
     if n:
@@ -97,9 +97,16 @@ def unit_outcomes(plan, cfg, outcome: dict) -> dict[str, tuple[str, str | None]]
     return out
 
 
-def summary_lines(plan, cfg, outcome: dict, wall_s: float, how: str) -> tuple[list[str], bool]:
+def cell_keys(plan) -> set:
+    """(ablation, variant, seed) of the plan's unavailable cells."""
+    return {(c.ablation, c.variant, c.seed) for c in plan.unavailable}
+
+
+def summary_lines(plan, cfg, outcome: dict, wall_s: float, how: str,
+                  expected: frozenset = frozenset()) -> tuple[list[str], bool]:
     """The closing screen: units done, failed (with their reason), skipped, and the wall time;
-    and whether every unit is done."""
+    and whether every unit is done and every unavailable variant is one the tier itself cannot
+    build (`expected`, cell_keys of the tier's plan: Figure 9's 24 blocks in a 12-block ViT-B)."""
     states = unit_outcomes(plan, cfg, outcome)
     kinds: dict[str, int] = {}
     for u in plan.units.values():
@@ -107,7 +114,7 @@ def summary_lines(plan, cfg, outcome: dict, wall_s: float, how: str) -> tuple[li
     counts: dict[str, int] = {}
     for state, _ in states.values():
         counts[state] = counts.get(state, 0) + 1
-    lines = [f"rehearsal of the paper plan: {len(plan.units)} units ("
+    lines = [f"rehearsal of the {TIER_OF.get(plan.preset, plan.preset)} plan: {len(plan.units)} units ("
              + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f") of {len({a for u in plan.units.values() for a, _, _ in u.users})} "
              f"ablations, {how}",
              "  " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "failed", "skipped"))
@@ -119,6 +126,7 @@ def summary_lines(plan, cfg, outcome: dict, wall_s: float, how: str) -> tuple[li
             text = " ".join(str(reason).split())[:160] if reason else ""
             lines.append(f"  {state} {unit.kind} {rid} ({who})" + (f": {text}" if text else ""))
     for cell in plan.unavailable:
-        lines.append(f"  unavailable {cell.ablation}/{cell.variant}: {cell.unavailable}")
+        mirrored = " (unavailable in the tier too)" if (cell.ablation, cell.variant, cell.seed) in expected else ""
+        lines.append(f"  unavailable {cell.ablation}/{cell.variant}{mirrored}: {cell.unavailable}")
     lines.append(f"  wall time {wall_s / 60:.1f} min; records in {os.path.join(cfg.run.results_dir, 'runs')}")
-    return lines, counts.get("done", 0) == len(plan.units) and not plan.unavailable
+    return lines, counts.get("done", 0) == len(plan.units) and cell_keys(plan) <= set(expected)

@@ -40,7 +40,12 @@ def test_gpu_check_script_runs_its_stages_on_the_cpu(tmp_path):
     (fl,) = records(out, "flops")
     assert fl["gflops_encoder"] > fl["gflops_decoder_only"] > 0 and fl["ratio"] > 1
 
-    (st,) = records(out, "pretrain_step")
+    steps = records(out, "pretrain_step")
+    (st,) = [r for r in steps if "preset" not in r]
+    # the tiers' stage: a tier's baseline model (cifar_vitt: ViT-Ti/4 at 32 px, 64-wide decoder) runs
+    (tier,) = [r for r in steps if "preset" in r]
+    assert tier["preset"] == "cifar_vitt" and tier["arch"] == "vit_ti_patch4" and tier["img_size"] == 32
+    assert tier["decoder"] == "8x64" and tier["images_per_s"] > 0 and "error" not in tier
     assert "error" not in st, st
     assert st["precision"] == "bf16" and st["images_per_s"] > 0 and st["ms_per_step"] > 0
     assert st["efficiency"] == pytest.approx(st["achieved_tflops"] / st["matmul_peak_tflops"], rel=5e-3)

@@ -28,7 +28,7 @@ LAYERS = [
     ("plan definitions", ["core.ablation", "ablations"]),
     ("run store", ["core.results"]),
     ("model, data, targets", ["core.model", "core.masking", "core.flops", "core.data", "core.ffcv",
-                              "core.fingerprint", "core.targets"]),
+                              "core.fingerprint", "core.targets", "core.dataprep"]),
     ("train and eval", ["core.train", "core.eval", "core.prepared"]),  # prepared: builds a PCA basis or tokenizer
     ("orchestration", ["core.sweep", "core.parallel", "core.rehearsal", "core.cluster"]),
     ("report", ["core.report"]),

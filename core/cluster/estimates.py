@@ -6,15 +6,17 @@ from functools import lru_cache
 from core.data import build_dataset
 from core.flops import encoder_forward_flops, mae_forward_flops
 from core.model import ARCHS
+from core.presets import IMAGES, TIER_NAMES, TIER_OF, TIERS
 from core.targets import build_target
 
-# Images per split where counting them would mean listing a million files: ImageNet-1k.
-IMAGENET_IMAGES = {"train": 1_281_167, "val": 50_000}
+# Images per split where counting them would mean listing a million files: ImageNet-1k, unless the
+# preset is a tier with a dataset of its own (core/presets.py IMAGES: ImageNet-100, CIFAR).
+IMAGENET_IMAGES = IMAGES["paper"]
 
 
 def images(cfg, split: str) -> int:
     if cfg.data.dataset == "imagefolder":
-        return IMAGENET_IMAGES[split]
+        return IMAGES.get(cfg.run.preset, IMAGENET_IMAGES)[split]
     return len(build_dataset(cfg.data, split, cfg.model.img_size))
 
 
@@ -51,3 +53,33 @@ def unit_flops(unit) -> float | None:
 
 def gpu_hours(flops: float, tflops: float) -> float:
     return flops / (tflops * 1e12) / 3600
+
+
+def grid_hours(plan, tflops: float) -> dict:
+    """GPU-hours of the whole plan, done or not: `total`, `by_ablation` (a unit several ablations
+    share counts in each), and the baseline alone: its pretraining (`baseline_pretrain`) and with
+    that run's evaluations (`baseline`)."""
+    hours = {rid: gpu_hours(unit_flops(u) or 0.0, tflops) for rid, u in plan.units.items()}
+    by_ablation = dict.fromkeys((c.ablation for c in plan.cells), 0.0)  # in the plan's order
+    for rid, unit in plan.units.items():
+        for name in {a for a, _, _ in unit.users}:
+            by_ablation[name] += hours[rid]
+    base = next((c for c in plan.cells if c.is_baseline and c.pretrain_id and not c.unavailable), None)
+    evals = list(base.eval_ids.values()) + [i for ch in base.eval_choices.values() for i in ch.values()] if base else []
+    return {"total": sum(hours.values()), "by_ablation": by_ablation,
+            "baseline_pretrain": hours[base.pretrain_id] if base else 0.0,
+            "baseline": (hours[base.pretrain_id] + sum(hours[i] for i in set(evals))) if base else 0.0}
+
+
+def tier_line(cfg) -> str:
+    """Which tier a preset is, or rehearses: its encoder, data, image size and baseline epochs."""
+    preset = cfg.run.preset
+    tier = TIER_OF.get(preset, preset)
+    if tier not in TIER_NAMES:
+        return f"preset {preset} is not one of the tiers ({', '.join(TIERS)}; docs/tiers.md)"
+    encoder, data = TIER_NAMES[tier]
+    where = f"tier {tier} ({TIERS.index(tier) + 1} of {len(TIERS)}: {' > '.join(TIERS)})"
+    if preset != tier:
+        return f"preset {preset}: the miniature rehearsal of {where}, {encoder} on {data} (docs/tiers.md)"
+    return (f"{where}: {encoder} on {data} at {cfg.model.img_size} px, baseline {cfg.pretrain.epochs} pretraining "
+            f"epochs (docs/tiers.md)")

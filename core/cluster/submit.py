@@ -23,7 +23,7 @@ from core import results
 from core.ablation import select
 from core.cluster.arrays import Array, build_arrays, preflight, sbatch_text, slurm_parameters
 from core.cluster.checks import parse_time
-from core.cluster.estimates import gpu_hours, unit_flops
+from core.cluster.estimates import gpu_hours, grid_hours, tier_line, unit_flops
 from core.cluster.job import ClusterJob
 from core.cluster.jobs import live_jobs, load_jobs, save_jobs
 from core.cluster.settings import check_resources, check_writable, job_dir, make_folder, resolve_executor, sweep_dir, \
@@ -84,6 +84,7 @@ def submit_plan(plan, cfg, executor: str, *, dry_run: bool = False, log=print) -
     if executor == "slurm" and arrays and not shutil.which("sbatch"):
         log("sbatch is not on PATH: these settings are not checked by SLURM")
     describe(cfg, arrays, executor, log)
+    describe_grid(cfg, plan, log)
     if dry_run:
         log("dry run: nothing submitted")
         return arrays
@@ -196,3 +197,16 @@ def describe(cfg, arrays: list[Array], executor: str, log) -> None:
     if gpus:
         log(f"total: {sum(len(a.tasks) for a in arrays)} job(s), {total:,.1f} GPU-hours at "
             f"{cl.sustained_tflops:g} TFLOP/s sustained per GPU (cluster.sustained_tflops)")
+
+
+def describe_grid(cfg, plan, log) -> None:
+    """The tier this preset is and, on GPUs, what its whole grid costs: per ablation and the
+    baseline alone, done or not (the `total` above counts the jobs still to submit)."""
+    log(tier_line(cfg))
+    if not cfg.cluster.nodes * cfg.cluster.gpus_per_node:
+        return
+    h = grid_hours(plan, cfg.cluster.sustained_tflops)
+    log(f"whole grid of these ablations, done or not: {h['total']:,.1f} GPU-hours; the baseline alone: "
+        f"{h['baseline_pretrain']:,.1f} (pretraining), {h['baseline']:,.1f} with its evaluations")
+    log("  by ablation (a run several share counts in each): "
+        + ", ".join(f"{name} {v:,.1f}" for name, v in h["by_ablation"].items()))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from core.ablation import PAPER_PRESET
+from core.ablation import follows_paper
 from core.report.collect import METRICS, Results
 from core.report.intervals import LEVEL, NAME as INTERVAL_NAME, contrast_ci
-from core.report.paper import PAPER_MODEL, load_paper
+from core.report.paper import NO_FIGURE, PAPER_MODEL, load_reference
 
 # Top-1 points within which two variants count as "on a par" (and a shortfall as "no worse").
 MARGIN = 1.0
@@ -83,12 +83,13 @@ def verdict(relation: str, lo: float, hi: float) -> str:
 
 
 def metric_for(claim: Claim, preset: str) -> str:
-    return claim.metric if preset == PAPER_PRESET else claim.small_metric
+    return claim.metric if follows_paper(preset) else claim.small_metric
 
 
 def evaluate_claims(res: Results, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per claim: what the paper shows, ours per variant, each comparison's interval and the verdict."""
-    paper = load_paper() if paper is None else paper
+    paper = load_reference(res.preset) if paper is None else paper
+    tier = paper.attrs.get("tier")
     v = res.values
     rows = []
     for claim in CLAIMS:
@@ -118,7 +119,8 @@ def evaluate_claims(res: Results, paper: pd.DataFrame | None = None) -> pd.DataF
         final = (CONTRADICTED if CONTRADICTED in verdicts else
                  REPRODUCED if all(x == REPRODUCED for x in verdicts) else INCONCLUSIVE)
         rows.append({"claim": claim.text, "source": claim.source, "metric": metric,
-                     "paper": "; ".join(paper_parts) + f" ({METRICS[claim.metric][0]}, ViT-L)",
+                     "paper": "; ".join(paper_parts) + f" ({METRICS[claim.metric][0]}, "
+                              + (f"published at tier {tier})" if tier else "ViT-L)"),
                      "ours": "; ".join(dict.fromkeys(ours)), "interval": "; ".join(parts),
                      "relations": ", ".join(c.relation for c in claim.comparisons), "verdict": final,
                      "verdicts": verdicts})
@@ -151,6 +153,8 @@ def _paper_text(paper: pd.DataFrame, comp: Comparison, metric: str) -> str:
                     & (paper.model == PAPER_MODEL)]
         if not len(row):
             return f"{_expr(comp)}: not in the paper"
+        if math.isnan(row.value.iloc[0]):  # a tier without a published number for this variant
+            return f"{_expr(comp)}: {NO_FIGURE}"
         total += w * float(row.value.iloc[0])
     return f"{_expr(comp)} = {total:+.1f}"
 

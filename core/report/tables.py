@@ -19,7 +19,7 @@ import pandas as pd
 from core.ablation import PAPER_PRESET, load_all
 from core.registry import PROTOCOLS
 from core.report.collect import IN_SUITE_TOKENIZER, METRICS, Results, ours_text, protocol_metric
-from core.report.paper import PAPER_MODEL, load_paper, model_name, source_name
+from core.report.paper import NO_FIGURE, PAPER_MODEL, load_reference, model_name, source_name
 
 # Where MAE's own full fine-tuning number lives, for the section-4 comparison with the scratch ViT:
 # (ablation, paper label), the first one with a number wins.
@@ -46,7 +46,7 @@ class Table:
 
 
 def build_tables(res: Results, paper: pd.DataFrame | None = None) -> list[Table]:
-    paper = load_paper() if paper is None else paper
+    paper = load_reference(res.preset) if paper is None else paper
     summ = res.summary()
     model = main_model(res, paper)
     known = load_all()
@@ -61,6 +61,8 @@ def build_tables(res: Results, paper: pd.DataFrame | None = None) -> list[Table]
         t = ablation_table(tid, abl, res, summ, paper[paper.ablation == abl.name], series, model)
         if abl.name == "scratch_baseline":
             t = add_mae_row(t, res, summ, paper, model)
+        if paper.attrs.get("tier"):
+            t = tier_notes(t, paper[paper.ablation == abl.name], paper.attrs["tier"])
         claimed |= set(series.key)
         tables.append(t)
     if "wallclock" in res.ablations:
@@ -71,6 +73,17 @@ def build_tables(res: Results, paper: pd.DataFrame | None = None) -> list[Table]
     if len(rest):
         tables.append(reference_table(rest))
     return tables
+
+
+def tier_notes(t: Table, prows, tier: str) -> Table:
+    """At a tier: the published column is that scale's, each number's source in the notes."""
+    t.header = [h.replace(" paper", " published") for h in t.header]
+    t.body = [[NO_FIGURE if c == "—" and t.header[j].endswith(" published") else c for j, c in enumerate(row)]
+              for row in t.body]
+    sources = sorted({s for s in prows.get("published", []) if isinstance(s, str) and s})
+    t.notes = t.notes + [f"published numbers at tier {tier} (not the paper's ViT-L): " + "; ".join(sources)
+                         if sources else f"tier {tier}: {NO_FIGURE} for this ablation at this scale (docs/tiers.md)"]
+    return t
 
 
 def source_order(source: str):
@@ -218,7 +231,7 @@ def _table(tid, title, entries, notes, preset, ablation) -> Table:
     frame = pd.DataFrame(entries)
     metrics = list(dict.fromkeys(frame.metric[frame.series == "ours"]))
     series = [s for s in dict.fromkeys(frame.series) if s != "ours"]
-    in_paper = set(frame.metric[(frame.series == "ours") & frame.paper.notna()])
+    in_paper = set(frame.metric[(frame.series == "ours") & (frame.paper.notna() | frame.paper_key.notna())])
     header = ["variant", "paper variant"]
     for m in metrics:
         short = METRICS.get(m, (m,))[0]
