@@ -50,6 +50,9 @@ class Ablation:
     # over the paper preset's, so a 15-epoch fine-tune gets 3/10 of the paper's epochs
     eval_ladder: dict = field(default_factory=dict)
     small_eval_ladder: dict | None = None  # the same at small presets, values used as they are; None: scaled
+    # variant label -> a reference its evaluations read instead of a pretraining run (no pretraining
+    # unit): "pixels" or "random" (core/eval/baselines.py)
+    sources: dict = field(default_factory=dict)
 
     def eval_ladder_for(self, preset: str) -> tuple[dict, bool]:
         """(protocol -> (key, values), whether the values are to be scaled to the config)."""
