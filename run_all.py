@@ -338,6 +338,15 @@ def cmd_report(args):
         print(f"claims table written into {update_readme(args.readme, res, args.seeds)}")
 
 
+def cmd_testbed(args):
+    from core.report.testbed import check, markdown
+
+    res = _results(args)
+    out = check(res, args.seeds, split_targets(args.targets)[1])
+    print(f"### Does pretraining learn? Preset {args.preset}, seeds 0 .. {args.seeds - 1}\n")
+    print(markdown(res, out, args.seeds), end="")
+
+
 def cmd_demo(args):
     """Every ablation at a small preset, then its tables, figures and report: what `make demo` runs."""
     from core.device import usable_cpus
@@ -545,6 +554,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="pretraining run to reconstruct images with (repeatable; default: the target "
                                 "ablation's finished runs)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("testbed", help="does pretraining learn? From the records: raw pixels, random weights and MAE "
+                       "on linear probe, fine-tune and kNN, MAE's gains with intervals, and the claims table's "
+                       "median interval half-width (docs/evaluation.md)")
+    add_preset_args(p)
+    p.add_argument("--seeds", type=positive_int, default=3, help="expect seeds 0 .. N-1 (default 3)")
+    p.add_argument("targets", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("compare", help="a new ablation, variant or run against a baseline: deltas, seed spread, "
                        "Welch's t-test and interval")
