@@ -106,7 +106,7 @@ def cmd_eval(args):
         rec = scratch(cfg, progress=not args.quiet)
     else:
         rec = evaluate(cfg, args.protocol, run_id=args.run, init=args.init, progress=not args.quiet,
-                       eval_only=getattr(args, "eval_only", False))
+                       eval_only=getattr(args, "eval_only", False), source=getattr(args, "baseline", None))
     m = rec.get("metrics", {})
     print(f"{rec['kind']} {rec['run_id']} of {rec['parent'] or 'a random init'}: {rec['status']}, "
           f"top-1 {m.get('top1', float('nan')):.2f}%, top-5 {m.get('top5', float('nan')):.2f}%, "
@@ -477,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "scratch":
             q.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
             q.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
+        if name in ("linprobe", "knn"):
+            q.add_argument("--baseline", choices=("pixels", "random"),
+                           help="a reference instead of an encoder: the raw pixels, or the encoder pretraining run "
+                                "pretrain.seed starts from, never trained (docs/evaluation.md)")
         if name == "finetune":
             q.add_argument("--eval-only", action="store_true",
                            help="evaluate the fine-tuned classifier given by --init on the validation split, no training")

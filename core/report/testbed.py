@@ -74,7 +74,7 @@ def check(res: Results, seeds: int, overrides=()) -> dict:
     half = median_halfwidth(claims)
     n_half = sum(len(h) for h in claims.halfwidths)
     n_all = sum(len(v) for v in claims.verdicts)
-    return dict(rows=rows, gains=gains, mae_probe=mae_mean, criterion1=c1, halfwidth=half,
+    return dict(extra=extra, rows=rows, gains=gains, mae_probe=mae_mean, criterion1=c1, halfwidth=half,
                 contrasts=(n_half, n_all), criterion2=None if math.isnan(half) else half <= MAX_HALFWIDTH,
                 run_all=f"python run_all.py run all --preset {res.preset} --seeds {max(seeds, 2)}{extra}")
 
@@ -100,7 +100,8 @@ def markdown(res: Results, out: dict, seeds: int) -> str:
         lines.append(f"- Criterion 2, power (median 95 % half-width over the claims table's contrasts ≤ "
                      f"{MAX_HALFWIDTH:g} points): {out['halfwidth']:.2f} over {n_half} of {n_all} contrasts: "
                      + verdict(out["criterion2"]))
-    lines.append(f"- From the records by `python run_all.py testbed --preset {res.preset} --seeds {seeds}`.")
+    lines.append(f"- From the records by `python run_all.py testbed --preset {res.preset} --seeds {seeds}"
+                 f"{out['extra']}`.")
     return "\n".join(lines) + "\n"
 
 
