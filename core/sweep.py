@@ -35,6 +35,12 @@ class Unit:
     source: str | None = None  # an evaluation of a reference instead of a run (core.eval.baselines)
 
     @property
+    def reads(self) -> str | None:
+        """What an evaluation's record names as its parent (and its id holds): its pretraining run,
+        or its reference (core.eval.baselines); None for the scratch baseline and other units."""
+        return baselines.parent(self.cfg, self.source) if self.source else self.parent
+
+    @property
     def after(self) -> str | None:
         """The unit that must be done before this one starts."""
         return self.parent or self.needs

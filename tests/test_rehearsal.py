@@ -52,8 +52,9 @@ def test_the_rehearsal_plan_is_the_paper_plan_unit_for_unit():
     forward, backward = {}, {}
     for p, r in pairs:  # the same runs are shared: a one-to-one map of run ids
         assert forward.setdefault(p, r) == r and backward.setdefault(r, p) == p
-    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer)
-    assert len(forward) == len(paper.units) == len(rehearsal.units) == 123
+    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer); the learning
+    # check's random-weight linear probe
+    assert len(forward) == len(paper.units) == len(rehearsal.units) == 124
     assert [paper.units[p].kind for p in forward] == [rehearsal.units[r].kind for r in forward.values()]
     assert set(paper.units).isdisjoint(rehearsal.units)  # a rehearsal record is never a real run's
 
@@ -204,5 +205,5 @@ def test_every_planned_id_is_the_id_its_unit_runs_under(tmp_path, monkeypatch):
         if unit.kind in ARTIFACT_KINDS:
             rid = artifact_id(cfg, unit.kind)
         else:
-            rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.parent)
+            rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.reads)
         assert rid == unit.run_id, (unit.kind, unit.users[0])
