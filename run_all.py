@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_testbed)
 
     p = sub.add_parser("compare", help="a new ablation, variant or run against a baseline: deltas, seed spread, "
-                       "Welch's t-test and interval")
+                       "a paired or Welch's t-test and interval")
     p.add_argument("new", metavar="NEW", help="ablation, ablation/variant or run id")
     p.add_argument("--baseline", metavar="BASE", help="ablation (its baseline variant), ablation/variant or run id; "
                    "default: NEW's own ablation baseline")
