@@ -144,6 +144,13 @@ def test_testbed_prints_both_criteria_from_records(tmp_path, capsys):
     assert "| raw pixels (no model) | 60.00 ± 1.00 (n=3) | n/a (no model) |" in text
     assert "[scratch_baseline/our_impl]" in text and "[partial_finetune/4]" in text
     assert "Criterion 1" in text and "**holds**" in text and "Criterion 2" in text
+    # the report holds the same section, and the learning check's own table
+    assert run_all.main(["report", "--preset", "tiny", "--seeds", "3", "--out", str(tmp_path / "report"),
+                         *NAMES, *overrides]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    section = report[report.index("## Does pretraining learn?"):report.index("## Tables and curves")]
+    assert "| raw pixels (no model) | 60.00 ± 1.00 (n=3) |" in section and "**holds**" in section
+    assert "### testbed: Does pretraining learn?" in report
     # MAE's probe above 90 %: variants could not move up; criterion 1 fails
     res.values.loc[(res.values.variant == "mae") & (res.values.metric == "linprobe_top1"), "value"] += 15
     res.values.loc[(res.values.variant != "mae") & (res.values.metric == "linprobe_top1"), "value"] += 15
