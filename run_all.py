@@ -118,7 +118,7 @@ def cmd_eval(args):
         rec = scratch(cfg, progress=not args.quiet)
     else:
         rec = evaluate(cfg, args.protocol, run_id=args.run, init=args.init, progress=not args.quiet,
-                       eval_only=getattr(args, "eval_only", False))
+                       eval_only=getattr(args, "eval_only", False), source=getattr(args, "baseline", None))
     m = rec.get("metrics", {})
     print(f"{rec['kind']} {rec['run_id']} of {rec['parent'] or 'a random init'}: {rec['status']}, "
           f"top-1 {m.get('top1', float('nan')):.2f}%, top-5 {m.get('top5', float('nan')):.2f}%, "
@@ -369,6 +369,15 @@ def cmd_report(args):
         print(f"claims table written into {update_readme(args.readme, res, args.seeds)}")
 
 
+def cmd_testbed(args):
+    from core.report.testbed import check, markdown
+
+    res = _results(args)
+    out = check(res, args.seeds, split_targets(args.targets)[1])
+    print(f"### Does pretraining learn? Preset {args.preset}, seeds 0 .. {args.seeds - 1}\n")
+    print(markdown(res, out, args.seeds), end="")
+
+
 def cmd_demo(args):
     """Every ablation at a small preset, then its tables, figures and report: what `make demo` runs."""
     from core.device import usable_cpus
@@ -575,9 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("knn", "k-nearest-neighbour classification on frozen features"),
                        ("scratch", "the supervised baseline from random initialisation")):
         q = protocols.add_parser(name, help=text)
+        what = q.add_mutually_exclusive_group()  # one encoder: a run, a checkpoint file or a reference
         if name != "scratch":
-            q.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
-            q.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
+            what.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
+            what.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
+        if name in ("linprobe", "knn"):
+            what.add_argument("--baseline", choices=("pixels", "random"),
+                           help="a reference instead of an encoder: the raw pixels, or the encoder pretraining run "
+                                "pretrain.seed starts from, never trained (docs/evaluation.md)")
         if name == "finetune":
             q.add_argument("--eval-only", action="store_true",
                            help="evaluate the fine-tuned classifier given by --init on the validation split, no training")
@@ -657,8 +671,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(checks=(check_run_ids("reconstruct"),))
         p.set_defaults(func=func)
 
+    p = sub.add_parser("testbed", help="does pretraining learn? From the records: raw pixels, random weights and MAE "
+                       "on linear probe, fine-tune and kNN, MAE's gains with intervals, and the claims table's "
+                       "median interval half-width (docs/evaluation.md)")
+    add_preset_args(p)
+    p.add_argument("--seeds", type=positive_int, default=3, help="expect seeds 0 .. N-1 (default 3)")
+    p.add_argument("targets", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_testbed)
+
     p = sub.add_parser("compare", help="a new ablation, variant or run against a baseline: deltas, seed spread, "
-                       "Welch's t-test and interval")
+                       "a paired or Welch's t-test and interval")
     p.add_argument("new", metavar="NEW", help="ablation, ablation/variant or run id")
     p.add_argument("--baseline", metavar="BASE", help="ablation (its baseline variant), ablation/variant or run id; "
                    "default: NEW's own ablation baseline")

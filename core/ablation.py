@@ -56,6 +56,9 @@ class Ablation:
     # dataset): part of the run ids, so `status`, `compare`, `tables` and `report` find the runs without
     # the user repeating them
     overrides: dict = field(default_factory=dict)
+    # variant label -> a reference its evaluations read instead of a pretraining run (no pretraining
+    # unit): "pixels" or "random" (core/eval/baselines.py)
+    sources: dict = field(default_factory=dict)
 
     def eval_ladder_for(self, preset: str) -> tuple[dict, bool]:
         """(protocol -> (key, values), whether the values are to be scaled to the config)."""

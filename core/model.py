@@ -90,6 +90,7 @@ class MAE(ViTEncoder):
     """
 
     def __init__(self, cfg, pred_dim: int):
+        rng = torch.get_rng_state()  # _init draws from here: the encoder's weights are the seed's alone
         super().__init__(cfg.arch, cfg.img_size)
         d, dd = self.embed_dim, cfg.decoder_embed_dim
         self.mask_token_in_encoder = cfg.mask_token_in_encoder
@@ -110,15 +111,24 @@ class MAE(ViTEncoder):
         self.decoder_norm = LayerNorm(dd)
         self.decoder_pred = nn.Linear(dd, pred_dim)
         self.num_visible = self.num_patches - num_masked(self.num_patches, cfg.mask_ratio)
+        torch.set_rng_state(rng)
         self._init()
 
     def _init(self):
+        """The encoder first, from the RNG state the model was started with, then the rest: variants
+        of one seed that differ in the decoder, target, masking or mask token start from the same
+        encoder weights (paired seeds, core/report/intervals.py), and the random-weight baseline
+        (core/eval/baselines.py) is exactly the encoder pretraining starts from."""
         w = self.patch_embed.proj.weight.data  # patch projection initialised like a linear layer
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for p in (self.cls_token, getattr(self, "mask_token", None), getattr(self, "encoder_mask_token", None)):
+        nn.init.normal_(self.cls_token, std=0.02)
+        for module in (self.blocks, self.norm):
+            module.apply(_init_weights)
+        for p in (getattr(self, "mask_token", None), getattr(self, "encoder_mask_token", None)):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
-        self.apply(_init_weights)
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            module.apply(_init_weights)
 
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encoded tokens: (B, 1 + visible, D), or (B, 1 + L, D) with mask tokens in the encoder."""
@@ -143,6 +153,13 @@ class MAE(ViTEncoder):
 
     def forward(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.forward_decoder(self.forward_encoder(imgs, mask), mask)
+
+
+def initial_mae(cfg, pred_dim: int, seed: int) -> MAE:
+    """The MAE pretraining run `seed` starts from (its encoder depends on the seed and the encoder's
+    shape only)."""
+    torch.manual_seed(seed)
+    return MAE(cfg, pred_dim)
 
 
 def _drop_decoder_mask_token(module, state_dict, prefix, *args):

@@ -17,7 +17,7 @@ from core.ablation import PAPER_PRESET, Ablation
 from core.config import Config, build_config, flat_dict, parse_override
 from core.presets import SCALED
 from core.errors import ConfigError, Preempted, TrainingFailed, UserError
-from core.eval import eval_run_id, evaluate, scratch
+from core.eval import baselines, eval_run_id, evaluate, scratch
 from core.fingerprint import resolve as resolve_dataset
 from core.progress import duration
 from core.train import pretrain
@@ -32,6 +32,13 @@ class Unit:
     parent: str | None = None  # the pretraining run an evaluation reads
     users: list = field(default_factory=list)  # (ablation, variant, seed) that need it
     needs: str | None = None  # the artifact unit a pretraining run reads
+    source: str | None = None  # an evaluation of a reference instead of a run (core.eval.baselines)
+
+    @property
+    def reads(self) -> str | None:
+        """What an evaluation's record names as its parent (and its id holds): its pretraining run,
+        or its reference (core.eval.baselines); None for the scratch baseline and other units."""
+        return baselines.parent(self.cfg, self.source) if self.source else self.parent
 
     @property
     def after(self) -> str | None:
@@ -106,7 +113,8 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                     cell.unavailable = str(e)
                     continue
                 who = (abl.name, label, seed)
-                if abl.pretrain:
+                source = abl.sources.get(label)
+                if abl.pretrain and source is None:
                     cell.pretrain_id = cfg.run_id()
                     kind = prepared.artifact_kind(cfg)
                     if kind:  # one unit per artifact, made before every pretraining run that reads it
@@ -119,11 +127,11 @@ def make_plan(ablations: list[Ablation], preset: str, seeds: int = 1, overrides=
                     values = {**base, **variant, **seed_overrides(seed)}
                     choices = ladder_configs(abl, protocol, cfg, preset, (), values) if kind == protocol else {}
                     for choice, c in (choices or {"": cfg}).items():
-                        eid = eval_run_id(c, kind, parent=cell.pretrain_id)
+                        eid = eval_run_id(c, kind, parent=baselines.parent(c, source) if source else cell.pretrain_id)
                         cell.eval_ids.setdefault(protocol, eid)
                         if choice:
                             cell.eval_choices.setdefault(protocol, {})[choice] = eid
-                        plan.units.setdefault(eid, Unit(kind, eid, c, cell.pretrain_id)).users.append(who)
+                        plan.units.setdefault(eid, Unit(kind, eid, c, cell.pretrain_id, source=source)).users.append(who)
     # artifacts, then pretraining, then evaluations: a unit runs once the one it reads is done
     plan.units = dict(sorted(plan.units.items(), key=lambda kv: stage(kv[1])))
     return plan
@@ -222,7 +230,8 @@ def run_unit(unit: Unit, *, progress: bool = True, pretrain_fn=None, eval_fn=Non
     elif unit.kind in prepared.ARTIFACT_KINDS:
         rec = (prepare_fn or prepared.prepare)(unit.cfg, unit.kind, progress=progress)
     else:
-        rec = (eval_fn or run_evaluation)(unit.cfg, unit.kind, run_id=unit.parent, progress=progress)
+        source = {"source": unit.source} if unit.source else {}  # a reference: raw pixels, random weights
+        rec = (eval_fn or run_evaluation)(unit.cfg, unit.kind, run_id=unit.parent, progress=progress, **source)
     check_ran_as_planned(unit, rec)
     return rec
 
@@ -235,10 +244,11 @@ def check_ran_as_planned(unit: Unit, rec: dict) -> None:
                         f"and running (a dataset written or changed after the plan?); plan the sweep again")
 
 
-def run_evaluation(cfg: Config, protocol: str, *, run_id: str | None, progress: bool = True) -> dict:
+def run_evaluation(cfg: Config, protocol: str, *, run_id: str | None, progress: bool = True,
+                   source: str | None = None) -> dict:
     if protocol == "scratch":
         return scratch(cfg, progress=progress)
-    return evaluate(cfg, protocol, run_id=run_id, progress=progress)
+    return evaluate(cfg, protocol, run_id=run_id, progress=progress, source=source)
 
 
 # --------------------------------------------------------------------------- status

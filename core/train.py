@@ -28,7 +28,7 @@ from core.ffcv.loaders import ffcv_pretrain_loader
 from core.fingerprint import resolve as resolve_dataset
 from core.flops import mae_forward_flops
 from core.masking import make_mask
-from core.model import MAE
+from core.model import initial_mae
 from core.loop import Resumable, check_finite, epoch_mean, stop_point, tracked
 from core.progress import tensorboard_dir
 from core.targets import build_target
@@ -121,8 +121,7 @@ class _Run:
         if self.steps_per_epoch < 1:
             raise DataError(f"one epoch of {len(train_set)} images is less than one batch of {p.batch_size}")
 
-        torch.manual_seed(p.seed)
-        self.model = MAE(cfg.model, self.target.dim).to(device)
+        self.model = initial_mae(cfg.model, self.target.dim, p.seed).to(device)
         cpu_attention(self.model, device, self.precision)  # bf16 on CPUs: the faster attention path
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)

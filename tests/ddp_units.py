@@ -6,7 +6,8 @@ many units: starting torchrun (two interpreters importing torch) costs more than
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_units.py MODE OUT.json key=value ...
 
 MODE: `variants` (every registered ablation variant at the tiny preset, with every evaluation
-protocol), `protocols` (one pretraining run and each trained protocol on it) or `syncs` (the
+protocol), `protocols` (one pretraining run and each trained protocol on it), `baselines` (the
+raw-pixel and random-weight evaluations of the learning check) or `syncs` (the
 host syncs inside the pretraining step loop, per rank). Rank 0 writes the result to OUT.json.
 """
 from __future__ import annotations
@@ -159,7 +160,15 @@ def host_syncs(overrides) -> dict:
     return out
 
 
-PLANS = {"variants": variant_plan, "protocols": protocol_plan}
+def baseline_plan(overrides) -> Plan:
+    """The learning check's references at the tiny preset (raw pixels, random weights: linear probe
+    and kNN, two seeds), without MAE's own runs (those are every variant's baseline)."""
+    plan = make_plan([load_all()["learning_check"]], "tiny", 2, overrides)
+    plan.units = {rid: u for rid, u in plan.units.items() if u.source}
+    return plan
+
+
+PLANS = {"variants": variant_plan, "protocols": protocol_plan, "baselines": baseline_plan}
 
 
 def run(mode: str, overrides, log=lambda *a: None):

@@ -1,5 +1,6 @@
 """`compare NEW --baseline BASE`: deltas, seed spread and significance checked against numbers
 computed by hand; one seed says so; bad names are one-line errors."""
+import dataclasses
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from core.ablation import select
 from core.errors import UserError
 from core.report.collect import collect
 from core.report.compare import compare, resolve, to_markdown, welch
-from core.report.intervals import contrast_ci, diff_ci, mean_halfwidth
+from core.report.intervals import NAME, PAIRED_NAME, best_ci, contrast_ci, diff_ci, mean_halfwidth, paired_contrast_ci
 from core.sweep import make_plan
 from tests.test_tables import write_sweep
 
@@ -51,6 +52,23 @@ def test_welch_interval_is_honest_at_three_seeds():
     assert mean_halfwidth([4.0]) == 0.0
 
 
+def test_paired_interval_is_over_the_per_seed_contrasts():
+    from scipy import stats
+    a, b = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 4.0, 2: 6.0}
+    # differences -1, -2, -3: mean -2, sd 1, t with 2 degrees of freedom
+    est, lo, hi = paired_contrast_ci([a, b], [1.0, -1.0])
+    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert (est, lo, hi) == (pytest.approx(-2.0), pytest.approx(-2 - half), pytest.approx(-2 + half))
+    # seeds that move every variant alike cancel: the paired interval is exact where Welch's is wide
+    c = {s: v + 5.0 for s, v in a.items()}
+    assert paired_contrast_ci([c, a], [1.0, -1.0]) == (5.0, 5.0, 5.0)
+    assert diff_ci(list(c.values()), list(a.values()))[0] < 3.0
+    # different seeds: no pairs; best_ci falls back to Welch's interval of the groups and says so
+    assert paired_contrast_ci([a, {0: 2.0, 1: 4.0}], [1.0, -1.0]) is None
+    assert best_ci([a, {0: 2.0, 1: 4.0}], [1.0, -1.0])[3] == NAME
+    assert best_ci([a, b], [1.0, -1.0])[3] == PAIRED_NAME and best_ci([a, b], [1.0, -1.0], paired=False)[3] == NAME
+
+
 @pytest.fixture(scope="module")
 def res(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
@@ -75,16 +93,29 @@ def test_compare_variant_with_baseline(res):
     assert lin.baseline == "mask_ratio/0.75"
     assert (lin.mean_new, lin.mean_base, lin.delta) == pytest.approx((2.0, 4.0, -2.0))
     assert (lin.std_new, lin.std_base) == pytest.approx((1.0, 2.0))
-    # by hand: se^2 = 1/3 + 4/3 = 5/3, t = -2 / sqrt(5/3), df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2)
-    t = -2 / math.sqrt(5 / 3)
-    dof = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)
-    assert lin.t == pytest.approx(t) and lin.df == pytest.approx(dof)
+    # two variants of the same seeds: paired. By hand: differences -1, -2, -3 (mean -2, sd 1),
+    # t = -2 / (1 / sqrt(3)), df = 2
     from scipy import stats
+    t, dof = -2 / (1 / math.sqrt(3)), 2
+    assert lin.test == "paired" and lin.t == pytest.approx(t) and lin.df == dof
     assert lin.p == pytest.approx(2 * stats.t.sf(abs(t), dof))
-    assert lin.ci_low < -2.0 < lin.ci_high
+    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert (lin.ci_low, lin.ci_high) == (pytest.approx(-2 - half), pytest.approx(-2 + half))
     md = to_markdown(df, "tiny")
-    assert f"t = {t:.2f}, df = {dof:.1f}, p = {lin.p:.3g}" in md
+    assert f"paired: t = {t:.2f}, df = {dof:.1f}, p = {lin.p:.3g}" in md
     assert "| mask_ratio/0.5 | mask_ratio/0.75 | linprobe_top1 | 2.00 ± 1.00 (n=3) | 4.00 ± 2.00 (n=3) | -2.00 |" in md
+
+
+def test_unequal_seeds_fall_back_to_welch(res):
+    r, _ = res
+    v = r.values
+    # the baseline's seed 2 unfinished: seeds {0, 1, 2} against {0, 1} are no pairs
+    r = dataclasses.replace(r, values=v[~((v.ablation == "mask_ratio") & (v.variant == "0.75") & (v.seed == 2))])
+    lin = compare(r, "mask_ratio/0.5", "mask_ratio", ["linprobe_top1"]).iloc[0]
+    # by hand: new 1, 2, 3 (var 1), base 2, 4 (var 2): se^2 = 1/3 + 2/2, Welch-Satterthwaite df
+    se2 = 1 / 3 + 1.0
+    dof = se2 ** 2 / ((1 / 3) ** 2 / 2 + 1.0 ** 2 / 1)
+    assert lin.test == "Welch" and lin.t == pytest.approx((2 - 3) / math.sqrt(se2)) and lin.df == pytest.approx(dof)
 
 
 def test_one_seed_says_so(res):

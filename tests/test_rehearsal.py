@@ -15,6 +15,7 @@ from core.ablation import load_all, select
 from core.config import build_config, flat_dict
 from core.presets import PRESETS, REHEARSAL, SCALED
 from core.data import ImageFolderImages
+from core.eval import baselines
 from core.rehearsal import save_outcome, summary_lines, write_imagefolder
 from core.sweep import Plan, Unit, make_plan, run_plan
 from tests.conftest import ROOT
@@ -57,11 +58,13 @@ def expected_units(preset: str) -> int:
         ladder, _ = abl.eval_ladder_for(preset)
         for label, (_, variant) in abl.variants_for(preset).items():
             cfg = build_config(preset, values={**abl.overrides, **variant})
-            parent = cfg.run_id() if abl.pretrain else None
+            source = abl.sources.get(label)  # a reference (raw pixels, random weights): no pretraining run
+            parent = cfg.run_id() if abl.pretrain and not source else None
             runs.add(parent)
             if parent and artifact_kind(cfg):
                 artifacts.add(artifact_id(cfg, artifact_kind(cfg)))
             own = tuple(sorted((k, str(v)) for k, v in variant.items() if k.startswith("eval.") or not parent))
+            parent = baselines.parent(cfg, source) if source else parent
             for protocol in abl.evals_for(preset):
                 kind = abl.substitute.get(label, {}).get(protocol, protocol)
                 steps = ladder[protocol][1] if kind == protocol and protocol in ladder else [None]
@@ -75,8 +78,8 @@ def test_the_rehearsal_plan_is_the_paper_plan_unit_for_unit():
     forward, backward = {}, {}
     for p, r in pairs:  # the same runs are shared: a one-to-one map of run ids
         assert forward.setdefault(p, r) == r and backward.setdefault(r, p) == p
-    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer); 123 units with the
-    # suite's own ablations, derived so an ablation a user adds does not break it
+    # Figure 9: 3 schedules a count; 2 prepared artifacts (the PCA basis, the tokenizer); the learning check's
+    # random-weight linear probe; 124 units with the suite's own ablations, derived so an ablation a user adds does not break it
     assert len(forward) == len(paper.units) == len(rehearsal.units) == expected_units("paper")
     assert [paper.units[p].kind for p in forward] == [rehearsal.units[r].kind for r in forward.values()]
     assert set(paper.units).isdisjoint(rehearsal.units)  # a rehearsal record is never a real run's
@@ -227,5 +230,5 @@ def test_every_planned_id_is_the_id_its_unit_runs_under(tmp_path, monkeypatch):
         if unit.kind in ARTIFACT_KINDS:
             rid = artifact_id(cfg, unit.kind)
         else:
-            rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.parent)
+            rid = cfg.run_id() if unit.kind == "pretrain" else eval_run_id(cfg, unit.kind, parent=unit.reads)
         assert rid == unit.run_id, (unit.kind, unit.users[0])

@@ -56,7 +56,10 @@ def test_shared_baseline_is_one_run_per_seed(tmp_path):
     calls = []
     fake = lambda cfg, *a, **k: calls.append(cfg.run_id()) or {"status": "done"}  # noqa: E731
     from core.eval import eval_run_id
-    fake_eval = lambda cfg, kind, run_id=None, **k: calls.append(eval_run_id(cfg, kind, run_id)) or {"status": "done"}  # noqa
+    from core.eval.baselines import parent
+    # a reference (raw pixels, random weights) is the parent of its evaluations instead of a run
+    fake_eval = lambda cfg, kind, run_id=None, source=None, **k: calls.append(  # noqa: E731
+        eval_run_id(cfg, kind, parent(cfg, source) if source else run_id)) or {"status": "done"}
     fake_prepare = lambda cfg, kind, **k: calls.append(kind) or {"status": "done"}  # noqa: E731
     run_plan(plan, pretrain_fn=fake, eval_fn=fake_eval, prepare_fn=fake_prepare, log=lambda *a: None)
     assert len(calls) == len(set(map(str, calls))) == len(plan.units)

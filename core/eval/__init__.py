@@ -1,6 +1,7 @@
 """Evaluation protocols of a pretrained encoder, and the supervised baseline (docs/evaluation.md).
 
     evaluate(cfg, "linprobe", run_id="pt-...")   # or init="mae_pretrain_vit_base.pth"
+    evaluate(cfg, "knn", source="random")       # or "pixels": the references (core.eval.baselines)
     scratch(cfg)
 
 Each evaluation is one run record (<results_dir>/runs/<eval id>.json) linked to its pretraining
@@ -18,7 +19,7 @@ from core.data import check_dataset_path
 from core.device import resolve_device, resolve_precision
 from core.distributed import StopFlag, init as init_distributed
 from core.errors import ConfigError, Preempted, UserError
-from core.eval import finetune, knn, linprobe
+from core.eval import baselines, finetune, knn, linprobe
 from core.eval.context import Session
 from core.eval.data import eval_data
 from core.eval.records import check_protocol, eval_recorder, eval_run_id, kinds, protocols
@@ -32,14 +33,18 @@ __all__ = ["eval_run_id", "evaluate", "scratch", "kinds", "protocols"]
 
 
 def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str | None = None,
-             progress: bool = True, eval_only: bool = False) -> dict:
+             progress: bool = True, eval_only: bool = False, source: str | None = None) -> dict:
     """Evaluate the encoder of pretraining run `run_id` (default cfg.run_id()) or of the checkpoint
     file `init` with one protocol; returns the eval record. eval_only: the fine-tuned classifier in
-    `init` is evaluated on the validation split as it is (protocol finetune)."""
+    `init` is evaluated on the validation split as it is (protocol finetune). source: a reference
+    instead of an encoder (core.eval.baselines: raw pixels, the seed's random weights)."""
     if protocol not in protocols():
         raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(protocols())}")
-    if run_id is not None and init is not None:
-        raise UserError("evaluate either a pretraining run (--run) or a checkpoint file (--init), not both")
+    if sum(x is not None for x in (run_id, init, source)) > 1:
+        raise UserError("evaluate one of: a pretraining run (--run), a checkpoint file (--init) or a baseline "
+                        "(--baseline), not several")
+    if source is not None:
+        return _evaluate_source(cfg, protocol, source, progress)
     if eval_only and (protocol != "finetune" or init is None):
         raise UserError("--eval-only evaluates a fine-tuned checkpoint: `eval finetune --init PATH --eval-only`")
     extra, state = {}, None
@@ -66,6 +71,19 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
         return _run(cfg, protocol, eid, parent, state, progress, {**extra, "eval_only": True}, finetune.classify)
     state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
     return _run_once(cfg, protocol, eid, parent, state, progress, extra)
+
+
+def _evaluate_source(cfg: Config, protocol: str, source: str, progress: bool) -> dict:
+    baselines.check(source, protocol)
+    cfg = resolve_dataset(cfg)
+    check_protocol(cfg, protocol)
+    parent = baselines.parent(cfg, source)
+    eid = eval_run_id(cfg, protocol, parent)
+    done = results.finished(cfg.run.results_dir, eid)
+    if done:
+        return done
+    check_dataset_path(cfg.data)
+    return _run_once(cfg, protocol, eid, parent, baselines.features(cfg, source), progress, {"source": source})
 
 
 def scratch(cfg: Config, progress: bool = True) -> dict:

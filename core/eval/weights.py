@@ -72,8 +72,13 @@ def encoder_state(state: dict, arch: str, img_size: int, source: str, final_norm
     return state
 
 
-def frozen_encoder(cfg: Config, state: dict, device) -> ViTEncoder:
-    enc = ViTEncoder(cfg.model.arch, cfg.model.img_size)
-    enc.load_state_dict(state, strict=True)
+def frozen_encoder(cfg: Config, state, device) -> torch.nn.Module:
+    """The encoder of `state` (a state dict), or `state` itself when it is a built feature module
+    (the pixel baseline, core.eval.baselines), frozen in eval mode."""
+    if isinstance(state, torch.nn.Module):
+        enc = state
+    else:
+        enc = ViTEncoder(cfg.model.arch, cfg.model.img_size)
+        enc.load_state_dict(state, strict=True)
     enc.requires_grad_(False)
     return enc.to(device).eval()

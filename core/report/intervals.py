@@ -14,6 +14,7 @@ import numpy as np
 
 LEVEL = 0.95
 NAME = "Welch's t interval (95 %, Welch-Satterthwaite degrees of freedom)"
+PAIRED_NAME = "paired t interval (95 %, n - 1 degrees of freedom, over the per-seed values of the contrast)"
 
 
 def welch(a, b):
@@ -74,3 +75,32 @@ def mean_halfwidth(values, level: float = LEVEL) -> float:
     """Half-width of the t interval of the mean of `values` (NaNs ignored): 0 for a single value."""
     v = np.asarray([x for x in values if x == x], float)
     return float(halfwidth(v.std(ddof=1) if len(v) > 1 else 0.0, len(v), level))
+
+
+def paired_contrast_ci(by_seed, weights, level: float = LEVEL):
+    """Interval of sum_i w_i * x_i over seeds, from per-term {seed: value} dicts that hold the same
+    seeds: Student's t over the per-seed contrasts, n - 1 degrees of freedom; (estimate, low, high).
+    None when the terms' seeds differ or fewer than two are shared."""
+    from scipy import stats  # heavy (~3 s to import here): only confidence intervals need it
+
+    seeds = set(by_seed[0]) if by_seed else set()
+    if any(set(d) != seeds for d in by_seed) or len(seeds) < 2:
+        return None
+    per_seed = np.array([sum(w * d[s] for w, d in zip(weights, by_seed)) for s in sorted(seeds)], float)
+    est = float(per_seed.mean())
+    sd = float(per_seed.std(ddof=1))
+    if sd == 0:
+        return est, est, est
+    half = float(stats.t.ppf((1 + level) / 2, len(per_seed) - 1)) * sd / math.sqrt(len(per_seed))
+    return est, est - half, est + half
+
+
+def best_ci(by_seed, weights, paired: bool = True, level: float = LEVEL):
+    """(estimate, low, high, name): the paired interval when `paired` and every term holds the same
+    seeds, else Welch's over the terms' values; None when neither has two values a term."""
+    if paired:
+        out = paired_contrast_ci(by_seed, weights, level)
+        if out is not None:
+            return (*out, PAIRED_NAME)
+    out = contrast_ci([[d[s] for s in sorted(d)] for d in by_seed], weights, level)
+    return None if out is None else (*out, NAME)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from core.report import testbed
 from core.report.claims import claims_markdown, evaluate_claims
 from core.errors import UserError
 from core.report.collect import Results
@@ -33,7 +34,9 @@ def write_report(res: Results, tables, figures: list[dict], out_dir: str, tables
              f"by `python run_all.py report --preset {res.preset}`. Runs of this sweep: "
              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
              "", f"Tables as Markdown, LaTeX and CSV: `{tables_dir}`. How to read them: `docs/reading_results.md`.",
-             "", "## The paper's claims at this scale", "", claims_section(res, tables_dir), "## Tables and curves", ""]
+             "", "## The paper's claims at this scale", "", claims_section(res, tables_dir),
+             "## Does pretraining learn? Raw pixels, random weights and MAE", "", testbed.section(res),
+             "## Tables and curves", ""]
     for t in tables:
         lines.append(markdown(t, level=3))
         fig = by_name.get(t.id)

@@ -207,11 +207,9 @@ def add_mae_row(t: Table, res: Results, summ, paper, model) -> Table:
     row = dict(ours=None, paper=None, shown="MAE (Table 1 default)", model=model, our_baseline=False, paper_default=False)
     e = _entry(t.id, int(t.frame.row.max()) + 1, "MAE (fine-tuned)", row, "ours", "ft_top1")
     e["ours"] = NOT_EVALUATED
-    for name, pv in MAE_FINETUNE:
-        abl = res.ablations.get(name)
-        lab = next((lab for lab, (p, _) in abl.variants_for(res.preset).items() if p == pv), None) if abl else None
-        if lab is None or (name, lab, "ft_top1") not in summ.index:
-            continue
+    found = mae_finetune(res, summ)
+    if found:
+        name, lab, pv = found
         s = summ.loc[(name, lab, "ft_top1")]
         e.update(ours_variant=f"{name}/{lab}", n=int(s["n"]), mean=s["mean"], std=s["std"],
                  ours=ours_text(s, ".2f") + f" [{name}/{lab}]")
@@ -220,11 +218,20 @@ def add_mae_row(t: Table, res: Results, summ, paper, model) -> Table:
         if len(hit):
             e["paper"] = float(hit.value.iloc[0])  # no paper_key: the row is shown in its own table
             e["delta"] = e["mean"] - e["paper"] if e["n"] else math.nan
-        break
     entries = t.frame.to_dict("records") + [e]
     notes = t.notes + ["MAE (fine-tuned): ours from the first of " + ", ".join(f"{a}/{p}" for a, p in MAE_FINETUNE)
                        + " (paper labels) that has a fine-tuning number; the paper value is that row's"]
     return _table(t.id, t.title, entries, notes, res.preset, t.ablation)
+
+
+def mae_finetune(res: Results, summ) -> tuple[str, str, str] | None:
+    """(ablation, our variant, paper label) of the first of MAE_FINETUNE this sweep fine-tunes."""
+    for name, pv in MAE_FINETUNE:
+        abl = res.ablations.get(name)
+        lab = next((lab for lab, (p, _) in abl.variants_for(res.preset).items() if p == pv), None) if abl else None
+        if lab is not None and (name, lab, "ft_top1") in summ.index:
+            return name, lab, pv
+    return None
 
 
 def _table(tid, title, entries, notes, preset, ablation) -> Table:
