@@ -155,7 +155,7 @@ SETTINGS: dict[str, Setting] = {
     "model.dvae_epochs": S("dvae_token target: training epochs of the in-suite tokenizer", ATLEAST1),
     "model.dvae_path": S("dvae_token target: DALL-E encoder.pkl instead of the in-suite tokenizer", Free("a path")),
     # ---- data
-    "data.dataset": S("which images", OneOf(("digits", "imagefolder", "synthetic"))),
+    "data.dataset": S("which images", OneOf(("digits", "scenes", "imagefolder", "synthetic"))),
     "data.path": S("ImageFolder root with train/ and val/, or .beton folder/file (backend=ffcv)", Free("a path")),
     "data.backend": S("how images are loaded", OneOf(("torchvision", "ffcv"))),
     "data.augmentation": S("pretraining augmentation set",
