@@ -20,29 +20,33 @@ from core.config import build_config
 from core.archs import ARCHS
 from core.model import MAE
 
+# The generator's constants as first written (core/scenes.py, design A); every design below changes these,
+# so each reads the same whatever core/scenes.py's defaults (design M) are.
+V1 = dict(GLYPH_SIDE=(8, 20), FRAGMENTS=4, FRAGMENT_SIDE=(3, 6), TEXTURE=64, NOISE=24, BG_MAX=256, POLARITY="any",
+          LIFT=96, GREY=False, TRAIN_SCENES=1440, VAL_SCENES_PER_GLYPH=6)
 # generator constants (core/scenes.py) of each design; the config overrides of each design
 DESIGNS = {
-    "A": ({}, []),  # scenes v1 as first written: any polarity, 4 fragments, 8..20 px glyph
-    "B": (dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=2, FRAGMENT_SIDE=(3, 5), GLYPH_SIDE=(12, 20),
-               TEXTURE=32, NOISE=16), []),
-    "C": (dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(12, 20), TEXTURE=32, NOISE=16), []),
+    "A": (V1, []),  # scenes v1 as first written: any polarity, 4 fragments, 8..20 px glyph
+    "B": ({**V1, **dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=2, FRAGMENT_SIDE=(3, 5), GLYPH_SIDE=(12, 20),
+               TEXTURE=32, NOISE=16)}, []),
+    "C": ({**V1, **dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(12, 20), TEXTURE=32, NOISE=16)}, []),
     # plain backgrounds: a flat colour, no texture or noise
-    "D": (dict(FRAGMENTS=0, GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0), []),
-    "E": (dict(FRAGMENTS=2, FRAGMENT_SIDE=(3, 5), GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0), []),
-    "F": (dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0), []),
+    "D": ({**V1, **dict(FRAGMENTS=0, GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0)}, []),
+    "E": ({**V1, **dict(FRAGMENTS=2, FRAGMENT_SIDE=(3, 5), GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0)}, []),
+    "F": ({**V1, **dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0)}, []),
     # large glyphs, a few pixels of jitter, random colours of either polarity
-    "H": (dict(FRAGMENTS=0, GLYPH_SIDE=(24, 28), TEXTURE=0, NOISE=0), []),
-    "I": (dict(FRAGMENTS=2, FRAGMENT_SIDE=(3, 5), GLYPH_SIDE=(24, 28), TEXTURE=32, NOISE=16), []),
+    "H": ({**V1, **dict(FRAGMENTS=0, GLYPH_SIDE=(24, 28), TEXTURE=0, NOISE=0)}, []),
+    "I": ({**V1, **dict(FRAGMENTS=2, FRAGMENT_SIDE=(3, 5), GLYPH_SIDE=(24, 28), TEXTURE=32, NOISE=16)}, []),
     # which nuisance stops it: colour (J: lighter glyph, small jitter) or position (K: grey, full jitter)
-    "J": (dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(24, 28), TEXTURE=0, NOISE=0), []),
-    "K": (dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0), []),
+    "J": ({**V1, **dict(POLARITY="light", BG_MAX=128, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(24, 28), TEXTURE=0, NOISE=0)}, []),
+    "K": ({**V1, **dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(12, 24), TEXTURE=0, NOISE=0)}, []),
     # grey: position alone (L), a narrower scale range (M), either polarity with a little jitter (N)
-    "L": (dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(24, 24), TEXTURE=0, NOISE=0), []),
-    "M": (dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(16, 24), TEXTURE=0, NOISE=0), []),
-    "N": (dict(GREY=True, POLARITY="any", BG_MAX=256, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(24, 28), TEXTURE=0, NOISE=0), []),
+    "L": ({**V1, **dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(24, 24), TEXTURE=0, NOISE=0)}, []),
+    "M": ({**V1, **dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(16, 24), TEXTURE=0, NOISE=0)}, []),
+    "N": ({**V1, **dict(GREY=True, POLARITY="any", BG_MAX=256, LIFT=96, FRAGMENTS=0, GLYPH_SIDE=(24, 28), TEXTURE=0, NOISE=0)}, []),
     # M with 4x the scenes an epoch (run with pretrain.epochs=4 for the same steps)
-    "M4": (dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(16, 24), TEXTURE=0, NOISE=0,
-                TRAIN_SCENES=5760), []),
+    "M4": ({**V1, **dict(POLARITY="light", BG_MAX=1, LIFT=255, FRAGMENTS=0, GLYPH_SIDE=(16, 24), TEXTURE=0, NOISE=0,
+                TRAIN_SCENES=5760)}, []),
 }
 
 
