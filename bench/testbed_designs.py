@@ -3,6 +3,8 @@ seed, the suite's own pretraining and linear probe (run_all.py, in process), a l
 fresh never-trained encoder (eval linprobe --init) and logistic regression on raw pixels.
 
 PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/testbed_designs.py DESIGN [SEEDS...] [key=value ...]
+Prints one JSON line per seed and one for the design; the runs' records go under $TESTBED_DIR
+(default /tmp/testbed), one folder per design and overrides, never into results/.
 """
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ def main(argv):
         setattr(S, k, v)
     S.scenes.cache_clear()
     tag = design + "".join("_" + e for e in extra)  # records of one design and overrides together
-    results, work = f"/tmp/i24/d/{tag}/results", f"/tmp/i24/d/{tag}/work"
+    root = os.path.join(os.environ.get("TESTBED_DIR", "/tmp/testbed"), tag)
+    results, work = os.path.join(root, "results"), os.path.join(root, "work")
     base = ["--preset", "scenes", "--quiet", f"run.results_dir={results}", f"run.work_dir={work}", *overrides, *extra]
     cfg = build_config("scenes", base[3:])
     torch.set_num_threads(1)
@@ -99,7 +102,7 @@ def main(argv):
             row[f"lp_{pool}_s"] = time.time() - t
             row[f"mae_lp_{pool}"] = top1(results, "linprobe", before)
             torch.manual_seed(seed)
-            init = f"/tmp/i24/random-{design}-{seed}.pt"
+            init = os.path.join(root, f"random-{seed}.pt")
             ps = ARCHS[cfg.model.arch]["patch_size"]  # the weights pretraining of this seed starts from
             torch.save({"model": MAE(cfg.model, ps * ps * 3).state_dict()}, init)
             before = set(os.listdir(os.path.join(results, "runs")))

@@ -1,11 +1,16 @@
-"""Digit scenes: scikit-learn's 8x8 digit glyphs composed into cluttered colour images, so that raw
-pixels say little about the label while the label stays learnable (docs/testbed.md).
+"""Digit scenes: scikit-learn's 8x8 digit glyphs composed into larger images, so that raw pixels say
+less about the label while the label stays learnable (docs/testbed.md).
 
-Each scene is one labelled glyph at a random position, size and colour, drawn last over a textured
-background and fragments of other glyphs of the same split. Train and val scenes come from disjoint
-glyph sets. Everything is integer arithmetic on a seeded numpy Generator (PCG64): the same pixels on
-every CPU, and torch's global RNG is never touched. The parameters below are part of the dataset:
-changing any of them makes another dataset, so it takes a new VERSION (and a new data.dataset name).
+Each scene is one labelled glyph at a random position and size, drawn last over a background that may
+hold clutter (fragments of other glyphs of the same split), a texture, noise and colours. Train and val
+scenes come from disjoint glyph sets. Everything is integer arithmetic on a seeded numpy Generator
+(PCG64): the same pixels on every CPU, and torch's global RNG is never touched.
+
+The constants below are the dataset (docs/testbed.md, design M: a white glyph of 16-24 px anywhere on
+black). The clutter, texture, noise and colour constants are the levers bench/testbed_designs.py
+measured; every colour or clutter tried made the MAE's linear probe read chance at the tiny budget,
+so they are off. Changing any constant makes another dataset: it takes a new VERSION and a new
+data.dataset name, since run ids hash the name, not these values.
 """
 from __future__ import annotations
 
@@ -18,13 +23,13 @@ VAL_FRACTION = 5  # one glyph in 5 of each class is a val glyph (the digits spli
 TRAIN_SCENES = 1440  # 45 batches of 32: one epoch costs what an epoch of the 1438 digits did
 VAL_SCENES_PER_GLYPH = 6  # 355 val glyphs x 6 = 2130 val scenes: a smaller evaluation noise
 GLYPH_SIDE = (16, 24)  # the labelled glyph's side on a 32 px canvas, inclusive (2x to 3x the 8x8 glyph)
-FRAGMENTS = 0  # clutter: crops of other glyphs, 3 to 6 glyph pixels a side, at the glyph's scales
+FRAGMENTS = 0  # clutter: crops of other glyphs, FRAGMENT_SIDE glyph pixels a side, at the glyph's scales
 FRAGMENT_SIDE = (3, 6)
 TEXTURE_GRID = 4  # the background: a colour, a bilinear 4x4 texture of +-TEXTURE and pixel noise +-NOISE
 TEXTURE, NOISE = 0, 0
-BG_MAX = 1  # background colours are drawn below this
-POLARITY, LIFT = "light", 255
-GREY = False
+BG_MAX = 1  # background colours (each channel) are drawn below this: 1 = black
+POLARITY, LIFT = "light", 255  # glyphs LIFT..LIFT+64 above the background, capped at 255 (or mod 256: "any")
+GREY = False  # one value for the three channels
 CANVAS = 32  # the sizes above are for this canvas; other image sizes scale them
 
 
