@@ -471,6 +471,14 @@ def check_dvae(args, cfg):
     check_dvae_path(cfg.model.dvae_path)
 
 
+def check_one_encoder(args, cfg):
+    """eval reads one encoder: a pretraining run, a checkpoint file or a reference."""
+    given = [f"--{name}" for name in ("run", "init", "baseline") if getattr(args, name, None) is not None]
+    if len(given) > 1:
+        raise UserError(f"evaluate one of: a pretraining run (--run), a checkpoint file (--init) or a baseline "
+                        f"(--baseline), not several ({' and '.join(given)} given)")
+
+
 def check_probe_batch(args, cfg):
     """The linear probe's batch against the dataset's known size (the config checks the other batches)."""
     from core.config import check_batches
@@ -584,12 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("knn", "k-nearest-neighbour classification on frozen features"),
                        ("scratch", "the supervised baseline from random initialisation")):
         q = protocols.add_parser(name, help=text)
-        what = q.add_mutually_exclusive_group()  # one encoder: a run, a checkpoint file or a reference
         if name != "scratch":
-            what.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
-            what.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
+            q.add_argument("--run", metavar="RUN_ID", help="pretraining run id (default: the run the config describes)")
+            q.add_argument("--init", metavar="PATH", help="a checkpoint in the official MAE layout instead of a run")
         if name in ("linprobe", "knn"):
-            what.add_argument("--baseline", choices=("pixels", "random"),
+            q.add_argument("--baseline", choices=("pixels", "random"),
                            help="a reference instead of an encoder: the raw pixels, or the encoder pretraining run "
                                 "pretrain.seed starts from, never trained (docs/evaluation.md)")
         if name == "finetune":
@@ -597,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate the fine-tuned classifier given by --init on the validation split, no training")
         add_config_args(q)
         q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-        q.set_defaults(func=cmd_eval, checks=(check_dataset, check_probe_batch, check_run_ids("run")))
+        q.set_defaults(func=cmd_eval, checks=(check_one_encoder, check_dataset, check_probe_batch,
+                                            check_run_ids("run")))
 
     p = sub.add_parser("demo", help="run every ablation (or those named) at a small preset, then write tables, "
                        "figures and the report")

@@ -10,6 +10,8 @@ from core.registry import ARCHS
 
 ARCHS.register("vit_tiny_patch4", dict(patch_size=4, embed_dim=128, depth=4, num_heads=4),
                help="tiny preset, 16 px")
+ARCHS.register("vit_tiny_patch8", dict(patch_size=8, embed_dim=128, depth=4, num_heads=4),
+               help="scenes preset, 32 px: 16 tokens")
 ARCHS.register("vit_small_patch16", dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), help="ViT-S/16")
 ARCHS.register("vit_base_patch16", dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), help="ViT-B/16")
 ARCHS.register("vit_large_patch16", dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),

@@ -61,7 +61,7 @@ MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "imagefolder"  # digits | imagefolder | synthetic
+    dataset: str = "imagefolder"  # digits | scenes | imagefolder | synthetic
     path: str = ""  # ImageFolder root holding train/ and val/ (or a .beton for backend=ffcv)
     backend: str = "torchvision"  # torchvision | ffcv
     augmentation: str = "crop_rand"  # none | crop_fixed | crop_rand | crop_color_jitter
@@ -510,7 +510,7 @@ def validate(cfg: Config) -> None:
 
 # Images per split where the dataset's size is known without reading it: a batch (per optimizer step)
 # larger than that is refused here; for folders and .beton files it is checked when the run starts.
-KNOWN_SIZES = {"digits": {"train": 1438, "val": 359}}
+KNOWN_SIZES = {"digits": {"train": 1438, "val": 359}, "scenes": {"train": 1440, "val": 2130}}
 
 
 # Checked for every config; the linear probe's batch (16384 in the paper) only when a probe runs

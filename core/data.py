@@ -22,6 +22,7 @@ from torchvision.transforms import v2 as T
 from core.errors import DataError
 from core.ffcv.beton import BetonImages, beton_path, check_beton
 from core.ffcv.optional import require_ffcv
+from core.scenes import scenes
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 BICUBIC = InterpolationMode.BICUBIC
@@ -167,6 +168,13 @@ def digits(split: str, size: int) -> TensorImages:
     return TensorImages(x[idx], y[idx], [str(i) for i in range(10)])
 
 
+def digit_scenes(split: str, size: int) -> TensorImages:
+    """Digit scenes (core/scenes.py): shipped glyphs composed over clutter, train and val from
+    disjoint glyphs; generated once per process (seconds) and kept in memory."""
+    images, labels, _ = scenes(split, size)
+    return TensorImages(torch.from_numpy(images), torch.from_numpy(labels), [str(i) for i in range(10)])
+
+
 def synthetic(split: str, size: int, n: int) -> TensorImages:
     """Ten classes of oriented gratings with noise: learnable structure for tests, no files."""
     g = torch.Generator().manual_seed(1 if split == "train" else 2)
@@ -217,6 +225,8 @@ def build_dataset(data_cfg, split: str, size: int):
     """The raw (untransformed) dataset for split 'train' or 'val'."""
     if data_cfg.dataset == "digits":
         return digits(split, size)
+    if data_cfg.dataset == "scenes":
+        return digit_scenes(split, size)
     if data_cfg.dataset == "synthetic":
         return synthetic(split, size, data_cfg.synthetic_size)
     if data_cfg.backend == "ffcv":  # the images live in a .beton (core/ffcv/beton.py)

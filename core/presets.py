@@ -74,6 +74,15 @@ PRESETS: dict[str, dict] = {
         "cluster.signal_delay_s": 30,
     },
 }
+# tiny's model and recipe on digit scenes (core/scenes.py, docs/testbed.md): glyphs at random places and
+# sizes on a 32 px canvas, in 8 px patches (16 tokens, as tiny); the val split 6x larger
+PRESETS["scenes"] = {
+    **PRESETS["tiny"],
+    "run.preset": "scenes",
+    "model.arch": "vit_tiny_patch8",
+    "model.img_size": 32,
+    "data.dataset": "scenes",
+}
 
 
 # The rehearsal (README "Before you submit: rehearse"): the paper preset's plan, unit for unit and

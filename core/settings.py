@@ -150,7 +150,7 @@ SETTINGS: dict[str, Setting] = {
     "model.target": S("reconstruction target (core/targets/)", TEXT, "Table 1d"),
     "model.loss_on_all_patches": S("loss on every patch instead of the masked ones only", FLAG, "section 4"),
     # ---- data
-    "data.dataset": S("which images", OneOf(("digits", "imagefolder", "synthetic"))),
+    "data.dataset": S("which images", OneOf(("digits", "scenes", "imagefolder", "synthetic"))),
     "data.path": S("ImageFolder root with train/ and val/, or .beton folder/file (backend=ffcv)", Free("a path")),
     "data.backend": S("how images are loaded", OneOf(("torchvision", "ffcv"))),
     "data.augmentation": S("pretraining augmentation set",

@@ -21,6 +21,7 @@ PINNED = [
     ("tiny", [*OLD_TINY, "model.target=pca"], "pt-9dedef23c9dc"),
     ("tiny", [*OLD_TINY, "model.mask_ratio=0.5", "pretrain.epochs=2"], "pt-0e02ca3b86ec"),
     ("tiny", [], "pt-be959d006def"),
+    ("scenes", [], "pt-50bb6de288ba"),  # the digit scenes (docs/testbed.md)
 ]
 
 

@@ -27,7 +27,7 @@ LAYERS = [
     ("config", ["core.config"]),
     ("plan definitions", ["core.ablation", "ablations"]),
     ("run store", ["core.results"]),
-    ("model, data, targets", ["core.model", "core.masking", "core.flops", "core.data", "core.ffcv",
+    ("model, data, targets", ["core.model", "core.masking", "core.flops", "core.data", "core.scenes", "core.ffcv",
                               "core.fingerprint", "core.targets", "core.dataprep"]),
     ("train and eval", ["core.train", "core.eval", "core.prepared"]),  # prepared: builds a PCA basis or tokenizer
     ("orchestration", ["core.sweep", "core.parallel", "core.rehearsal", "core.cluster"]),

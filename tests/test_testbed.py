@@ -91,7 +91,7 @@ def test_bad_baseline_requests_are_one_line_errors(fast_cfg, capsys, dirs):
     with pytest.raises(Exception, match="scratch baseline"):
         evaluate(fast_cfg(), "finetune", source="random")
     assert run_all.main(["eval", "linprobe", "--baseline", "random", "--run", "pt-0123456789ab", *FAST, *dirs]) == 2
-    assert "--baseline: not allowed with argument --run" in capsys.readouterr().err
+    assert "not several (--run and --baseline given)" in capsys.readouterr().err
 
 
 def test_the_plan_evaluates_references_without_pretraining():
