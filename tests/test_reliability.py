@@ -352,11 +352,11 @@ def test_a_really_full_disk_while_checkpointing_is_one_line_and_a_failed_record(
 
 def test_divergence_before_any_checkpoint_says_none_was_written(fast_cfg, monkeypatch):
     from core.errors import TrainingFailed
-    import core.targets
+    import core.targets.base
 
     cfg = fast_cfg("pretrain.epochs=3", "pretrain.checkpoint_every=2")
-    real = core.targets.PixelTarget.__call__
-    monkeypatch.setattr(core.targets.PixelTarget, "__call__", lambda self, imgs: real(self, imgs) * float("nan"))
+    real = core.targets.base.PixelTarget.__call__
+    monkeypatch.setattr(core.targets.base.PixelTarget, "__call__", lambda self, imgs: real(self, imgs) * float("nan"))
     with pytest.raises(TrainingFailed) as e:
         pretrain(cfg, progress=False)
     assert "no checkpoint was written yet" in str(e.value) and checkpoint.list_checkpoints(ckpt_dir(cfg)) == []
@@ -367,7 +367,7 @@ def test_divergence_before_any_checkpoint_says_none_was_written(fast_cfg, monkey
     def late_nan(self, imgs):
         calls.append(1)
         return real(self, imgs) * (float("nan") if len(calls) > 10 else 1.0)
-    monkeypatch.setattr(core.targets.PixelTarget, "__call__", late_nan)
+    monkeypatch.setattr(core.targets.base.PixelTarget, "__call__", late_nan)
     with pytest.raises(TrainingFailed) as e:
         pretrain(cfg2, progress=False)
     newest = checkpoint.list_checkpoints(ckpt_dir(cfg2))[-1]

@@ -57,7 +57,7 @@ def test_a_tier_runs_the_papers_plan_and_keeps_its_ladders_distinct(tier):
 def test_each_tier_costs_at_most_a_tenth_of_the_one_above():
     tflops = build_config("paper").cluster.sustained_tflops
     totals = [grid_hours(plan(t), tflops)["total"] for t in TIERS]
-    assert round(totals[0]) == 154_770  # the paper grid's estimate (README)
+    assert round(totals[0]) == 155_069  # the paper grid's estimate (README; the learning check added 298.8)
     for above, below in zip(totals, totals[1:]):
         assert below <= above / 10, totals
 

@@ -85,15 +85,15 @@ def test_stop_signal_mid_epoch_checkpoints_and_resumes_bit_identical(fast_cfg, t
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(fast_cfg, monkeypatch):
     cfg = fast_cfg("pretrain.epochs=3")
-    import core.targets
-    real = core.targets.PixelTarget.__call__
+    import core.targets.base
+    real = core.targets.base.PixelTarget.__call__
     calls = []
 
     def poisoned(self, imgs):  # the loss goes NaN in epoch 2
         calls.append(1)
         t = real(self, imgs)
         return t * float("nan") if len(calls) > 10 else t
-    monkeypatch.setattr(core.targets.PixelTarget, "__call__", poisoned)
+    monkeypatch.setattr(core.targets.base.PixelTarget, "__call__", poisoned)
     with pytest.raises(TrainingFailed, match="non-finite loss"):
         pretrain(cfg, progress=False)
     rec = results.read_record(cfg.run.results_dir, cfg.run_id())
