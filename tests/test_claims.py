@@ -120,3 +120,23 @@ def test_readme_results_are_regenerated_from_the_claims(sweep):
     assert "hand-written numbers" not in text and "**contradicted**" in text and "do not edit by hand" in text
     readme.write_text("no markers here\n")
     assert run_all.main(args) == 2 and readme.read_text() == "no markers here\n"
+
+
+def test_interval_power_bench_compares_paired_and_welch_on_the_same_records(sweep):
+    """bench/interval_power.py (criterion 2 of issue 24 under both intervals): a contrast whose
+    per-seed differences are exact has a zero paired half-width and a positive Welch one, and the
+    claims are left as they were."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "interval_power.py")
+    spec = importlib.util.spec_from_file_location("interval_power", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tmp, overrides = sweep
+    res = collect("tiny", 3, overrides)
+    paired, paired_verdicts = bench.halfwidths(res, paired=True)
+    welch, _ = bench.halfwidths(res, paired=False)
+    assert len(paired) == len(welch) > 0
+    assert min(paired) == 0.0 and min(welch) > 0  # norm_pixel - pixel: the same rotation, an exact difference
+    assert list(evaluate_claims(res).verdict) == paired_verdicts  # CLAIMS restored
