@@ -168,7 +168,13 @@ def baseline_plan(overrides) -> Plan:
     return plan
 
 
-PLANS = {"variants": variant_plan, "protocols": protocol_plan, "baselines": baseline_plan}
+def scenes_plan(overrides) -> Plan:
+    """The learning check on the scenes preset's data and encoder (core/scenes.py), one seed: MAE's
+    pretraining, its linear probe and kNN, and those of raw pixels and random weights."""
+    return make_plan([load_all()["learning_check"]], "scenes", 1, overrides)
+
+
+PLANS = {"variants": variant_plan, "protocols": protocol_plan, "baselines": baseline_plan, "scenes": scenes_plan}
 
 
 def run(mode: str, overrides, log=lambda *a: None):
