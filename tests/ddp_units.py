@@ -46,6 +46,18 @@ def result(out) -> object:
         return json.load(f)
 
 
+def run_plan_on_two_processes(mode: str, plan: Plan, overrides, tmp_path) -> dict:
+    """`mode`'s plan under `torchrun --nproc_per_node 2`: every unit done, each record of world size 2;
+    run id -> record."""
+    out = launch(mode, tmp_path / "status.json", *overrides, cwd=tmp_path)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert result(tmp_path / "status.json") == {rid: "done" for rid in plan.units}
+    recs = {rid: results.read_record(str(tmp_path / "results"), rid) for rid in plan.units}
+    for rid, rec in recs.items():
+        assert rec["status"] == "done" and rec["world_size"] == 2, rid
+    return recs
+
+
 # --------------------------------------------------------------------------- host syncs
 
 SYNCING = ("item", "__bool__", "__float__", "__int__", "tolist", "nonzero", "numpy", "cpu")

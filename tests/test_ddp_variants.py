@@ -16,7 +16,7 @@ from core.masking import make_mask
 from core.model import MAE, ViTEncoder
 from core.sweep import make_plan
 from core.targets import build_target
-from tests.ddp_units import launch, result, variant_plan
+from tests.ddp_units import run_plan_on_two_processes, variant_plan
 
 
 def params_without_grad(model) -> list[str]:
@@ -94,8 +94,6 @@ def test_every_ablation_variant_and_every_protocol_runs_under_two_process_ddp(tm
     fine-tuning recipes on the mask token runs, in one 2-process gloo group: every unit done, with
     a record of world size 2. Before the decoder's mask token was left out of the encoder-[M]
     variant, its pretraining stopped on its second step ('Expected to have finished reduction')."""
-    from core import results
-
     overrides = [*VARIANTS, f"run.results_dir={tmp_path / 'results'}", f"run.work_dir={tmp_path / 'work'}"]
     plan = variant_plan(overrides)
     kinds = {u.kind for u in plan.units.values()}
@@ -104,12 +102,7 @@ def test_every_ablation_variant_and_every_protocol_runs_under_two_process_ddp(tm
     assert any(u.cfg.model.mask_token_in_encoder for u in plan.pretrains)
     # the PCA basis and the tokenizer are units of their own, first: rank 0 makes each, rank 1 waits
     assert [u.kind for u in plan.units.values()][:2] == ["pca", "tokenizer"]
-    out = launch("variants", tmp_path / "status.json", *overrides, cwd=tmp_path)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert result(tmp_path / "status.json") == {rid: "done" for rid in plan.units}
-    for rid in plan.units:
-        rec = results.read_record(str(tmp_path / "results"), rid)
-        assert rec["status"] == "done" and rec["world_size"] == 2, rid
+    run_plan_on_two_processes("variants", plan, overrides, tmp_path)
 
 
 def test_an_encoder_mask_token_checkpoint_from_before_still_loads():

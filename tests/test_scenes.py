@@ -85,17 +85,11 @@ def test_scenes_preset_pretrains_and_probes(fast_cfg):
 def test_the_scenes_preset_runs_under_two_process_ddp(tmp_path):
     """Pretraining, linear probe and kNN on digit scenes (and the raw-pixel and random-weight
     references) in one 2-process gloo group: every unit done, each record of world size 2."""
-    from core import results
-    from tests.ddp_units import launch, result, scenes_plan
+    from tests.ddp_units import run_plan_on_two_processes, scenes_plan
 
     overrides = ["pretrain.epochs=1", "pretrain.warmup_epochs=0", "eval.linprobe.epochs=2",
                  "eval.linprobe.warmup_epochs=1", f"run.results_dir={tmp_path / 'results'}",
                  f"run.work_dir={tmp_path / 'work'}"]
     plan = scenes_plan(overrides)
     assert len(plan.pretrains) == 1 and len(plan.units) == 7
-    out = launch("scenes", tmp_path / "status.json", *overrides, cwd=tmp_path)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert result(tmp_path / "status.json") == {rid: "done" for rid in plan.units}
-    for rid in plan.units:
-        rec = results.read_record(str(tmp_path / "results"), rid)
-        assert rec["status"] == "done" and rec["world_size"] == 2, rid
+    run_plan_on_two_processes("scenes", plan, overrides, tmp_path)
