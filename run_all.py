@@ -472,11 +472,9 @@ def check_dvae(args, cfg):
 
 
 def check_one_encoder(args, cfg):
-    """eval reads one encoder: a pretraining run, a checkpoint file or a reference."""
-    given = [f"--{name}" for name in ("run", "init", "baseline") if getattr(args, name, None) is not None]
-    if len(given) > 1:
-        raise UserError(f"evaluate one of: a pretraining run (--run), a checkpoint file (--init) or a baseline "
-                        f"(--baseline), not several ({' and '.join(given)} given)")
+    from core.eval import check_one_encoder
+
+    check_one_encoder(getattr(args, "run", None), getattr(args, "init", None), getattr(args, "baseline", None))
 
 
 def check_probe_batch(args, cfg):

@@ -29,7 +29,7 @@ from core.progress import tensorboard_dir
 
 from core.registry import PROTOCOLS
 
-__all__ = ["eval_run_id", "evaluate", "scratch", "kinds", "protocols"]
+__all__ = ["check_one_encoder", "eval_run_id", "evaluate", "scratch", "kinds", "protocols"]
 
 
 def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str | None = None,
@@ -40,9 +40,7 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
     instead of an encoder (core.eval.baselines: raw pixels, the seed's random weights)."""
     if protocol not in protocols():
         raise UserError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(protocols())}")
-    if sum(x is not None for x in (run_id, init, source)) > 1:
-        raise UserError("evaluate one of: a pretraining run (--run), a checkpoint file (--init) or a baseline "
-                        "(--baseline), not several")
+    check_one_encoder(run_id, init, source)
     if source is not None:
         return _evaluate_source(cfg, protocol, source, progress)
     if eval_only and (protocol != "finetune" or init is None):
@@ -71,6 +69,15 @@ def evaluate(cfg: Config, protocol: str, *, run_id: str | None = None, init: str
         return _run(cfg, protocol, eid, parent, state, progress, {**extra, "eval_only": True}, finetune.classify)
     state = encoder_state(state, cfg.model.arch, cfg.model.img_size, init or f"run {parent}")
     return _run_once(cfg, protocol, eid, parent, state, progress, extra)
+
+
+def check_one_encoder(run_id: str | None, init: str | None, source: str | None) -> None:
+    """An evaluation reads one encoder: a pretraining run, a checkpoint file or a reference (run_all.py's
+    preflight asks this before it checks the run id)."""
+    given = [flag for flag, x in (("--run", run_id), ("--init", init), ("--baseline", source)) if x is not None]
+    if len(given) > 1:
+        raise UserError(f"evaluate one of: a pretraining run (--run), a checkpoint file (--init) or a baseline "
+                        f"(--baseline), not several ({' and '.join(given)} given)")
 
 
 def _evaluate_source(cfg: Config, protocol: str, source: str, progress: bool) -> dict:
